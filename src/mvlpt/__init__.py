@@ -1,0 +1,3 @@
+"""Multitask prompt tuning for CLIP-style vision-language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,252 @@
+"""The ``mvlpt`` command line: parses arguments and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+
+logger = logging.getLogger("mvlpt")
+
+# Shortcut flags and the configuration keys they set.
+SHORTCUTS = {
+    "task": ("data.task", "task: a built-in name (see `mvlpt data list`), an image-folder path or a CSV manifest"),
+    "method": ("prompt.method", "prompt method: coop, vpt or upt"),
+    "shots": ("data.shots", "training images per class (K)"),
+    "seed": ("seed", "seed of the few-shot choice and of training"),
+    "epochs": ("train.epochs", "training epochs"),
+    "output_dir": ("output_dir", "run directory for the config, few-shot split, metrics, prompt and results"),
+    "model": ("backbone.model", "open_clip model name, hf-hub:/local-dir: id, or JSON model configuration path"),
+    "pretrained": ("backbone.pretrained", "open_clip pretrained tag or checkpoint file; 'null' for random weights"),
+    "device": ("train.device", "auto, cpu, cuda or cuda:N"),
+    "precision": ("train.precision", "auto (bf16 autocast where supported), bf16 or fp32"),
+    "data_root": ("data.root", "folder of the built-in tasks' data (default $MVLPT_DATA_ROOT or ~/.cache/mvlpt/data)"),
+    "init": ("init", "prompt checkpoint directory to initialise the prompt from"),
+}
+
+
+def _config_epilog() -> str:
+    from .config import RunConfig, fields_help
+
+    lines = ["configuration keys (set in the YAML file or as key=value):"]
+    for name, type_name, default, help_text in fields_help(RunConfig):
+        lines.append(f"  {name} ({type_name}, default {default}): {help_text}")
+    return "\n".join(lines)
+
+
+def _add_run_options(parser: argparse.ArgumentParser, names: list[str]) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML run configuration; flags and key=value override it")
+    for name in names:
+        key, help_text = SHORTCUTS[name]
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="VALUE", help=f"{help_text} (sets {key})")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="configuration overrides such as train.lr=0.01 or prompt.vpt.deep=false",
+    )
+
+
+def _build_config(args: argparse.Namespace, names: list[str], base: dict | None = None):
+    from .config import config_from_dict, load_config
+
+    overrides = []
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides.append(f"{SHORTCUTS[name][0]}={value}")
+    overrides.extend(args.overrides)
+
+    if base is not None and args.config is None:
+        config = config_from_dict(base)
+        if overrides:
+            from .config import apply_overrides
+
+            config = apply_overrides(config, overrides)
+        return config
+    return load_config(args.config, overrides)
+
+
+def _print_results(results: dict, split: str = "test") -> None:
+    metric = results["metric"]
+    values = results[split]
+    others = ", ".join(f"{name} {value:.2f}" for name, value in values.items() if name != metric)
+    print(f"{results['task']} {results['method']} {split}: {metric} {values[metric]:.2f} ({others})")
+
+
+# Commands -----------------------------------------------------------------------------------
+
+TRAIN_FLAGS = list(SHORTCUTS)
+EVAL_FLAGS = ["task", "model", "pretrained", "device", "precision", "data_root"]
+ZERO_SHOT_FLAGS = ["task", "model", "pretrained", "device", "precision", "data_root", "output_dir"]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    config = _build_config(args, TRAIN_FLAGS)
+    results = train(config, overwrite=args.overwrite)
+    _print_results(results)
+    print(f"run directory: {config.output_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .checkpoints import load_prompt_checkpoint
+    from .training import evaluate_checkpoint
+
+    checkpoint = load_prompt_checkpoint(args.checkpoint)
+    base = _config_base_for_checkpoint(Path(args.checkpoint), checkpoint.metadata)
+    config = _build_config(args, EVAL_FLAGS, base=base)
+    results = evaluate_checkpoint(args.checkpoint, config, split_name=args.split)
+    _print_results(results, args.split)
+    return 0
+
+
+def _config_base_for_checkpoint(path: Path, metadata: dict) -> dict:
+    """The configuration a checkpoint was trained with: its run's config.yaml, else its metadata."""
+    from .config import load_config
+
+    directory = path if path.is_dir() else path.parent
+    run_config = directory.parent / "config.yaml"
+    if run_config.exists():
+        return load_config(run_config).to_dict()
+
+    method = metadata["method"]
+    return {
+        "backbone": {"model": metadata["backbone"]["model"], "pretrained": metadata["backbone"].get("pretrained")},
+        "prompt": {"method": method, method: dict(metadata.get("prompt_config", {}))},
+        "data": {"task": metadata.get("task", "")},
+    }
+
+
+def cmd_zero_shot(args: argparse.Namespace) -> int:
+    from .training import write_json_atomic, zero_shot
+
+    config = _build_config(args, ZERO_SHOT_FLAGS)
+    config.validate_for("zero-shot")
+    results = zero_shot(config, split_name=args.split)
+    _print_results(results, args.split)
+    if args.output_dir:
+        write_json_atomic(Path(config.output_dir) / "results.json", results)
+        print(f"results written to {Path(config.output_dir) / 'results.json'}")
+    return 0
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    from .summary import collect_results, results_table
+
+    rows = collect_results([Path(path) for path in args.run_dirs])
+    if not rows:
+        print("no results.json found under " + ", ".join(args.run_dirs), file=sys.stderr)
+        return 1
+    print(results_table(rows))
+    return 0
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from .builtin import BUILTIN_TASKS, data_root
+
+    root = Path(args.data_root) if args.data_root else data_root()
+    for name, info in BUILTIN_TASKS.items():
+        status = "installed" if info.is_installed(root) else f"not installed (install: {info.install_command(root)})"
+        print(f"{name}: {info.description}; source {info.source}; {status}")
+    return 0
+
+
+# Parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mvlpt",
+        description="Prompt tuning (CoOp, VPT, UPT) of a frozen CLIP for few-shot image classification.",
+    )
+    parser.add_argument("--version", action="version", version=f"mvlpt {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    epilog = _config_epilog()
+    formatter = argparse.RawDescriptionHelpFormatter
+
+    train = commands.add_parser(
+        "train",
+        help="train a prompt on the few-shot split of a task and evaluate it",
+        description="Train a CoOp, VPT or UPT prompt on K images per class and evaluate it on the test split. "
+        "A finished run directory is not trained again; an interrupted one resumes.",
+        epilog=epilog,
+        formatter_class=formatter,
+    )
+    _add_run_options(train, TRAIN_FLAGS)
+    train.add_argument("--overwrite", action="store_true", help="discard earlier results in the run directory")
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="evaluate a saved prompt checkpoint on a task split",
+        description="Evaluate a prompt checkpoint. The method and backbone come from the checkpoint's run "
+        "(its config.yaml) or its metadata; the checkpoint must match them and the task's classes exactly.",
+        epilog=epilog,
+        formatter_class=formatter,
+    )
+    evaluate.add_argument("--checkpoint", required=True, metavar="DIR", help="prompt checkpoint directory")
+    evaluate.add_argument("--split", default="test", help="task split to evaluate (default test)")
+    _add_run_options(evaluate, EVAL_FLAGS)
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    zero = commands.add_parser(
+        "zero-shot",
+        help="evaluate zero-shot CLIP with the task's prompt templates",
+        description="Zero-shot CLIP: each class is the mean of its normalised template features.",
+        epilog=epilog,
+        formatter_class=formatter,
+    )
+    zero.add_argument("--split", default="test", help="task split to evaluate (default test)")
+    _add_run_options(zero, ZERO_SHOT_FLAGS)
+    zero.set_defaults(handler=cmd_zero_shot)
+
+    summarize = commands.add_parser(
+        "summarize", help="print a table of the results.json files found under run directories"
+    )
+    summarize.add_argument("run_dirs", nargs="+", metavar="DIR", help="run directories or folders that contain them")
+    summarize.set_defaults(handler=cmd_summarize)
+
+    data = commands.add_parser("data", help="built-in tasks")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    data_list = data_commands.add_parser("list", help="list the built-in tasks and whether their data is installed")
+    data_list.add_argument("--data-root", help="folder of the built-in tasks' data")
+    data_list.set_defaults(handler=cmd_data_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+    from .backbone import BackboneError
+    from .checkpoints import CheckpointError
+    from .config import ConfigError
+    from .tasks import ImageLoadError, TaskError
+    from .training import RunError
+
+    try:
+        return args.handler(args)
+    except (BackboneError, CheckpointError, ConfigError, TaskError, ImageLoadError, RunError, ValueError) as error:
+        print(f"mvlpt: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mvlpt: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

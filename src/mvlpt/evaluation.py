@@ -1,0 +1,125 @@
+"""Metrics, image feature extraction and zero-shot evaluation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .backbone import FrozenCLIP
+from .model import PromptedCLIP, encode_class_templates
+from .tasks import Sample, Task
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("accuracy", "mean_per_class_accuracy")
+
+
+def compute_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Top-1 accuracy and mean per-class accuracy, both in percent.
+
+    Mean per-class accuracy is the mean recall over the classes present in
+    ``labels`` (scikit-learn's balanced accuracy).
+    """
+    predictions = logits.argmax(dim=-1).cpu().numpy()
+    truth = labels.cpu().numpy()
+    return {
+        "accuracy": 100.0 * float(accuracy_score(truth, predictions)),
+        "mean_per_class_accuracy": 100.0 * float(balanced_accuracy_score(truth, predictions)),
+    }
+
+
+class ImageDataset(Dataset):
+    """Images of a task's samples, transformed for the backbone; items are (image, label, index)."""
+
+    def __init__(self, task: Task, samples: Sequence[Sample], transform):
+        self.task = task
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        return self.transform(self.task.load_image(sample.key)), sample.label, index
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """bf16 autocast on ``device`` when ``dtype`` is bfloat16, else no autocast."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def encode_dataset(
+    backbone: FrozenCLIP,
+    dataset: ImageDataset,
+    batch_size: int,
+    autocast_dtype: torch.dtype | None = None,
+    num_workers: int = 0,
+    description: str = "encoding images",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised frozen image features (N, E) in float32 and labels (N,), in dataset order."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    features, labels = [], []
+    device = backbone.device
+    for images, batch_labels, _ in tqdm(loader, desc=description, leave=False, unit="batch"):
+        with autocast_context(device, autocast_dtype):
+            batch_features = backbone.encode_image(images.to(device))
+        features.append(F.normalize(batch_features.float(), dim=-1).cpu())
+        labels.append(batch_labels)
+    return torch.cat(features), torch.cat(labels)
+
+
+@torch.no_grad()
+def predict(
+    model: PromptedCLIP,
+    *,
+    dataset: ImageDataset | None = None,
+    features: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    batch_size: int = 100,
+    autocast_dtype: torch.dtype | None = None,
+    num_workers: int = 0,
+    description: str = "evaluating",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, C) and labels (N,) for a dataset, or for precomputed image features."""
+    model.eval()
+    device = model.backbone.device
+    if features is not None:
+        outputs = []
+        for start in range(0, len(features), batch_size):
+            batch = features[start : start + batch_size].to(device)
+            with autocast_context(device, autocast_dtype):
+                outputs.append(model(image_features=batch).float().cpu())
+        return torch.cat(outputs), labels
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    outputs, all_labels = [], []
+    for images, batch_labels, _ in tqdm(loader, desc=description, leave=False, unit="batch"):
+        with autocast_context(device, autocast_dtype):
+            outputs.append(model(images.to(device)).float().cpu())
+        all_labels.append(batch_labels)
+    return torch.cat(outputs), torch.cat(all_labels)
+
+
+@torch.no_grad()
+def zero_shot_logits(
+    backbone: FrozenCLIP, classnames: Sequence[str], templates: Sequence[str], image_features: torch.Tensor
+) -> torch.Tensor:
+    """Zero-shot CLIP logits from normalised image features and a template ensemble."""
+    text_features = encode_class_templates(backbone, classnames, templates).cpu()
+    return backbone.logit_scale.cpu() * image_features.float() @ text_features.t()
+
+
+def summarize_metrics(metrics: dict[str, float], task_metric: str) -> str:
+    parts = [f"{name} {value:.2f}" for name, value in metrics.items()]
+    return f"{task_metric} {metrics[task_metric]:.2f} ({', '.join(parts)})"

@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mvlpt.checkpoints import load_prompt_checkpoint
+from mvlpt.cli import main
+from mvlpt.config import TrainConfig
+from mvlpt.training import learning_rate
+
+COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
+
+
+@pytest.fixture()
+def colour_task(tmp_path):
+    """An image-folder task of three colours: 6 training and 3 test images per class."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "colours"
+    for split, count in (("train", 6), ("test", 3)):
+        for name, rgb in COLOURS.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                noise = rng.integers(-20, 20, size=(16, 16, 3))
+                pixels = np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+    return root
+
+
+def run_args(task, tiny_config_path, out, method, *extra):
+    return [
+        "train",
+        "--task", str(task),
+        "--method", method,
+        "--model", tiny_config_path,
+        "--pretrained", "null",
+        "--shots", "5",
+        "--epochs", "2",
+        "--output-dir", str(out),
+        "train.batch_size=8",
+        "train.precision=fp32",
+        "prompt.coop.n_ctx=4",
+        "prompt.vpt.n_tokens=4",
+        "prompt.upt.width=32",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("method", ["coop", "vpt", "upt"])
+def test_cli_train_writes_run(colour_task, tiny_config_path, tmp_path, method, capsys):
+    out = tmp_path / method
+    assert main(run_args(colour_task, tiny_config_path, out, method)) == 0
+
+    for name in ("config.yaml", "fewshot.json", "metrics.jsonl", "results.json"):
+        assert (out / name).is_file(), name
+    assert not (out / "train_state.pt").exists()
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in epochs] == [1, 2]
+    results = json.loads((out / "results.json").read_text())
+    assert results["method"] == method
+    assert 0.0 <= results["test"]["accuracy"] <= 100.0
+    checkpoint = load_prompt_checkpoint(out / "prompt")
+    assert checkpoint.method == method
+    assert checkpoint.classnames == ["blue", "green", "red"]
+    assert "test: accuracy" in capsys.readouterr().out
+
+
+def test_rerun_skips_finished_run(colour_task, tiny_config_path, tmp_path):
+    out = tmp_path / "run"
+    assert main(run_args(colour_task, tiny_config_path, out, "coop")) == 0
+    before = (out / "metrics.jsonl").read_text()
+    results = (out / "results.json").read_text()
+    assert main(run_args(colour_task, tiny_config_path, out, "coop")) == 0
+    assert (out / "metrics.jsonl").read_text() == before
+    assert (out / "results.json").read_text() == results
+
+
+def test_changed_config_in_same_dir_rejected(colour_task, tiny_config_path, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(run_args(colour_task, tiny_config_path, out, "coop")) == 0
+    status = main(run_args(colour_task, tiny_config_path, out, "coop", "train.lr=0.1"))
+    assert status == 2
+    assert "train.lr" in capsys.readouterr().err
+
+
+def test_interrupted_run_resumes(colour_task, tiny_config_path, tmp_path, monkeypatch):
+    import mvlpt.training as training
+
+    out = tmp_path / "run"
+    original = training._train_epoch
+    calls = {"count": 0}
+
+    def interrupt_second_epoch(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_epoch", interrupt_second_epoch)
+    assert main(run_args(colour_task, tiny_config_path, out, "vpt")) == 130
+    assert (out / "train_state.pt").exists()
+    assert not (out / "results.json").exists()
+
+    monkeypatch.setattr(training, "_train_epoch", original)
+    assert main(run_args(colour_task, tiny_config_path, out, "vpt")) == 0
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+
+
+def test_evaluate_reproduces_test_metrics(colour_task, tiny_config_path, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(run_args(colour_task, tiny_config_path, out, "upt")) == 0
+    results = json.loads((out / "results.json").read_text())
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out / "prompt"), "train.precision=fp32"]) == 0
+    printed = capsys.readouterr().out
+    assert f"accuracy {results['test']['accuracy']:.2f}" in printed
+
+
+def test_evaluate_other_method_rejected(colour_task, tiny_config_path, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(run_args(colour_task, tiny_config_path, out, "coop")) == 0
+    status = main(["evaluate", "--checkpoint", str(out / "prompt"), "prompt.method=vpt"])
+    assert status == 2
+    assert "vpt" in capsys.readouterr().err.lower()
+
+
+def test_zero_shot_command(colour_task, tiny_config_path, tmp_path, capsys):
+    out = tmp_path / "zs"
+    args = ["zero-shot", "--task", str(colour_task), "--model", tiny_config_path, "--pretrained", "null"]
+    assert main([*args, "--output-dir", str(out)]) == 0
+    assert "zero-shot test: accuracy" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert results["method"] == "zero-shot"
+
+
+def test_coop_encodes_each_image_once(colour_task, tiny_config_path, tmp_path, monkeypatch):
+    from mvlpt.backbone import FrozenCLIP
+
+    encoded = {"images": 0}
+    original = FrozenCLIP.encode_image
+
+    def counting(self, images, layer_prompts=None):
+        encoded["images"] += images.shape[0]
+        return original(self, images, layer_prompts)
+
+    monkeypatch.setattr(FrozenCLIP, "encode_image", counting)
+    out = tmp_path / "run"
+    assert main(run_args(colour_task, tiny_config_path, out, "coop", "train.epochs=4")) == 0
+    # 15 few-shot images (12 train + 3 val) and 9 test images, each encoded exactly once over 4 epochs.
+    assert encoded["images"] == 15 + 9
+
+
+def test_vpt_encodes_class_text_once(colour_task, tiny_config_path, tmp_path, monkeypatch):
+    from mvlpt.backbone import FrozenCLIP
+
+    calls = {"count": 0}
+    original = FrozenCLIP.encode_text
+
+    def counting(self, texts):
+        calls["count"] += 1
+        return original(self, texts)
+
+    monkeypatch.setattr(FrozenCLIP, "encode_text", counting)
+    out = tmp_path / "run"
+    assert main(run_args(colour_task, tiny_config_path, out, "vpt", "train.epochs=3")) == 0
+    assert calls["count"] == 1
+
+
+def test_learning_rate_schedule():
+    config = TrainConfig(epochs=10, lr=0.002, warmup_epochs=1, warmup_lr=1e-5)
+    assert learning_rate(0, config) == 1e-5
+    assert learning_rate(1, config) == pytest.approx(0.5 * 0.002 * (1 + math.cos(math.pi / 10)))
+    assert learning_rate(5, config) == pytest.approx(0.001)
+    assert learning_rate(9, config) < learning_rate(8, config)
+
+
+def test_model_selection_last_uses_final_prompt(colour_task, tiny_config_path, tmp_path):
+    out = tmp_path / "run"
+    assert main(run_args(colour_task, tiny_config_path, out, "coop", "train.model_selection=last")) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["selected_epoch"] == 2

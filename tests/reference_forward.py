@@ -1,9 +1,9 @@
 """An independent re-statement of the MVLPT reference forward pass, for equivalence tests.
 
-It follows the reference algorithm step by step (full context length,
-sequence-first tensors, a Python loop over classes, the per-token UPT block
-as the reference's tensor layout makes it) on the raw open_clip modules, so
-it shares no code path with the library's prompt learners.
+It follows the reference algorithm step by step on the raw open_clip
+modules: full context length, sequence-first tensors, a Python loop over
+classes, and the per-token UPT block that the reference's tensor layout
+produces. It shares no code path with the library's prompt learners.
 """
 
 from __future__ import annotations

@@ -198,8 +198,8 @@ class FrozenCLIP(nn.Module):
 
         ``pretrained`` is an open_clip pretrained tag or a checkpoint file; None keeps random weights.
         """
-        # Random weights are drawn from a fixed seed, so every command (train, evaluate,
-        # zero-shot) builds the same random backbone; the caller's random state is left as it was.
+        # Random weights come from a fixed seed, so train, evaluate and zero-shot all build
+        # the same random backbone. The caller's random state is left as it was.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
             if model.startswith(BUNDLED_PREFIX):

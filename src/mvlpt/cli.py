@@ -108,7 +108,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _config_base_for_checkpoint(path: Path, metadata: dict) -> dict:
-    """The configuration a checkpoint was trained with: its run's config.yaml, else its metadata."""
+    """Rebuild the configuration a checkpoint was trained with: its run's config.yaml, else its metadata."""
     from .config import load_config
 
     directory = path if path.is_dir() else path.parent
@@ -149,12 +149,20 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 
 
 def cmd_data_list(args: argparse.Namespace) -> int:
-    from .builtin import BUILTIN_TASKS, data_root
+    from .builtin import BUILTIN_TASKS, data_root, load_builtin
+    from .tasks import TaskError
 
     root = Path(args.data_root) if args.data_root else data_root()
+    print(f"data root: {root}")
     for name, info in BUILTIN_TASKS.items():
-        status = "installed" if info.is_installed(root) else f"not installed (install: {info.install_command(root)})"
-        print(f"{name}: {info.description}; source {info.source}; {status}")
+        print(f"{name}: {info.description} (source: {info.source})")
+        try:
+            task = load_builtin(name, root)
+        except TaskError:
+            print(f"  not installed; install with: {info.install_command(root)}")
+            continue
+        sizes = ", ".join(f"{split} {len(samples)}" for split, samples in task.splits.items())
+        print(f"  installed: {task.num_classes} classes ({', '.join(task.classnames)}); {sizes} images")
     return 0
 
 

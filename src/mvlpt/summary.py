@@ -12,7 +12,7 @@ logger = logging.getLogger(__name__)
 
 
 def collect_results(paths: list[Path]) -> list[dict]:
-    """Every ``results.json`` at or below ``paths``, each with its run directory under "run_dir"."""
+    """Read every ``results.json`` at or below ``paths``, each with its run directory under "run_dir"."""
     rows = []
     for path in paths:
         files = [path] if path.is_file() else sorted(path.rglob("results.json"))

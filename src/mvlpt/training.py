@@ -1,6 +1,6 @@
 """Few-shot prompt training on one task: the run directory, the loop and model selection.
 
-A run directory holds everything needed to read or repeat the run:
+A run directory contains everything needed to read or repeat the run:
 
 - ``config.yaml``: the full configuration;
 - ``fewshot.json``: the chosen training and validation images;
@@ -87,7 +87,7 @@ def seed_everything(seed: int) -> None:
 
 
 def _cpu_has_bf16() -> bool:
-    """Whether the CPU computes bf16 natively (AMX or AVX-512 BF16), where bf16 autocast is fast."""
+    """Report whether the CPU computes bf16 natively (AMX or AVX-512 BF16), where bf16 autocast is fast."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -138,13 +138,13 @@ def train_transform(backbone: FrozenCLIP) -> transforms.Compose:
 
 
 def choose_few_shot(config: RunConfig, task: Task, run_dir: Path) -> FewShotSplit:
-    """The run's few-shot split: the one already in the run directory, or a new seeded draw."""
+    """Return the run's few-shot split: the one already in the run directory, or a new seeded draw."""
     path = run_dir / "fewshot.json"
     if path.exists():
         split = read_split(path)
         if split.shots != config.data.shots or split.seed != config.seed:
             raise RunError(
-                f"{path} holds a {split.shots}-shot split for seed {split.seed}, but the run asks for "
+                f"{path} contains a {split.shots}-shot split for seed {split.seed}, but the run asks for "
                 f"{config.data.shots} shots and seed {config.seed}; use another output_dir or delete the file"
             )
         pool = {sample.key: sample.label for sample in task.splits["train"]}
@@ -175,9 +175,9 @@ class SplitData:
 def learning_rate(epoch: int, config) -> float:
     """Learning rate of ``epoch`` (0-based).
 
-    The first ``warmup_epochs`` use the constant ``warmup_lr``; after that the
-    cosine schedule over all ``epochs`` takes over at its value for ``epoch``,
-    as Dassl's constant warm-up wrapper around CosineAnnealingLR does.
+    The first ``warmup_epochs`` use the constant ``warmup_lr``. After them the
+    cosine schedule over all ``epochs`` takes over at its value for ``epoch``.
+    Dassl's constant warm-up wrapper around CosineAnnealingLR does the same.
     """
     if epoch < config.warmup_epochs:
         return config.warmup_lr
@@ -327,7 +327,7 @@ def train(config: RunConfig, overwrite: bool = False) -> dict:
 
     results_path = run_dir / "results.json"
     if results_path.exists():
-        logger.info("%s already holds finished results; skipping the run", run_dir)
+        logger.info("%s already contains finished results; skipping the run", run_dir)
         return json.loads(results_path.read_text())
 
     dump_config(config, run_dir / "config.yaml")

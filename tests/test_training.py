@@ -56,14 +56,14 @@ def test_cli_train_writes_run(colour_task, tiny_config_path, tmp_path, method, c
     out = tmp_path / method
     assert main(run_args(colour_task, tiny_config_path, out, method)) == 0
 
-    for name in ("config.yaml", "fewshot.json", "metrics.jsonl", "results.json"):
+    for name in ("config.yaml", "fewshot/colours.json", "metrics.jsonl", "results.json"):
         assert (out / name).is_file(), name
     assert not (out / "train_state.pt").exists()
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [record["epoch"] for record in epochs] == [1, 2]
     results = json.loads((out / "results.json").read_text())
     assert results["method"] == method
-    assert 0.0 <= results["test"]["accuracy"] <= 100.0
+    assert 0.0 <= results["per_task"]["colours"]["test"]["accuracy"] <= 100.0
     checkpoint = load_prompt_checkpoint(out / "prompt")
     assert checkpoint.method == method
     assert checkpoint.classnames == ["blue", "green", "red"]
@@ -119,7 +119,7 @@ def test_evaluate_reproduces_test_metrics(colour_task, tiny_config_path, tmp_pat
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(out / "prompt"), "train.precision=fp32"]) == 0
     printed = capsys.readouterr().out
-    assert f"accuracy {results['test']['accuracy']:.2f}" in printed
+    assert f"accuracy {results['per_task']['colours']['test']['accuracy']:.2f}" in printed
 
 
 def test_evaluate_other_method_rejected(colour_task, tiny_config_path, tmp_path, capsys):

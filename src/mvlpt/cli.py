@@ -12,9 +12,14 @@ from . import __version__
 
 logger = logging.getLogger("mvlpt")
 
-# Shortcut flags and the configuration keys they set.
+# Shortcut flags and the configuration keys they set; LIST_SHORTCUTS may be repeated.
+LIST_SHORTCUTS = {"task"}
 SHORTCUTS = {
-    "task": ("data.task", "task: a built-in name (see `mvlpt data list`), an image-folder path or a CSV manifest"),
+    "task": (
+        "data.tasks",
+        "task: a built-in name (see `mvlpt data list`), an image-folder path or a CSV manifest; "
+        "repeat the option to train one prompt on several tasks",
+    ),
     "method": ("prompt.method", "prompt method: coop, vpt or upt"),
     "shots": ("data.shots", "training images per class (K)"),
     "seed": ("seed", "seed of the few-shot choice and of training"),
@@ -42,7 +47,10 @@ def _add_run_options(parser: argparse.ArgumentParser, names: list[str]) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML run configuration; flags and key=value override it")
     for name in names:
         key, help_text = SHORTCUTS[name]
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="VALUE", help=f"{help_text} (sets {key})")
+        action = "append" if name in LIST_SHORTCUTS else "store"
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", dest=name, metavar="VALUE", action=action, help=f"{help_text} (sets {key})"
+        )
     parser.add_argument(
         "overrides",
         nargs="*",
@@ -57,8 +65,12 @@ def _build_config(args: argparse.Namespace, names: list[str], base: dict | None 
     overrides = []
     for name in names:
         value = getattr(args, name, None)
-        if value is not None:
-            overrides.append(f"{SHORTCUTS[name][0]}={value}")
+        if value is None:
+            continue
+        if isinstance(value, list):
+            # JSON is valid YAML, and quoting keeps paths with spaces or colons intact.
+            value = json.dumps(value)
+        overrides.append(f"{SHORTCUTS[name][0]}={value}")
     overrides.extend(args.overrides)
 
     if base is not None and args.config is None:
@@ -72,10 +84,14 @@ def _build_config(args: argparse.Namespace, names: list[str], base: dict | None 
 
 
 def _print_results(results: dict, split: str = "test") -> None:
-    metric = results["metric"]
-    values = results[split]
-    others = ", ".join(f"{name} {value:.2f}" for name, value in values.items() if name != metric)
-    print(f"{results['task']} {results['method']} {split}: {metric} {values[metric]:.2f} ({others})")
+    """Print one line per task with its metric, then the average over tasks when there are several."""
+    for task, entry in results["per_task"].items():
+        metric = entry["metric"]
+        values = entry[split]
+        others = ", ".join(f"{name} {value:.2f}" for name, value in values.items() if name != metric)
+        print(f"{task} {results['method']} {split}: {metric} {values[metric]:.2f} ({others})")
+    if len(results["per_task"]) > 1:
+        print(f"average over {len(results['per_task'])} tasks {results['method']} {split}: {results['average'][split]:.2f}")
 
 
 # Commands -----------------------------------------------------------------------------------
@@ -120,7 +136,7 @@ def _config_base_for_checkpoint(path: Path, metadata: dict) -> dict:
     return {
         "backbone": {"model": metadata["backbone"]["model"], "pretrained": metadata["backbone"].get("pretrained")},
         "prompt": {"method": method, method: dict(metadata.get("prompt_config", {}))},
-        "data": {"task": metadata.get("task", "")},
+        "data": {"tasks": list(metadata.get("tasks", []))},
     }
 
 
@@ -233,7 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come before or after options; argparse collects only the first run of
+    # positionals, so later key=value arguments arrive here as unknown and join the list.
+    args, unknown = parser.parse_known_args(argv)
+    stray = [item for item in unknown if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if unknown:
+        args.overrides = [*args.overrides, *unknown]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -38,6 +38,8 @@ MODEL_SELECTIONS = ("best_val", "last")
 PRECISIONS = ("auto", "bf16", "fp32")
 TASK_TEMPLATES = "task"
 COMMANDS_NEEDING_TASK = ("train", "evaluate")
+SAMPLINGS = ("proportional", "balanced")
+LABEL_SPACES = ("union", "task")
 
 # numpy.random.seed, the strictest of the seeded generators, accepts seeds below 2**32.
 MAX_SEED = 2**32 - 1
@@ -152,7 +154,7 @@ def _type_error(path: str, value: Any, hint: Any) -> ConfigError:
 
 
 def _coerce(value: Any, hint: Any, path: str) -> Any:
-    """Return ``value`` as type ``hint`` (int to float, tuple to list) or raise ConfigError.
+    """Return ``value`` as type ``hint`` (int to float, tuple or one string to list) or raise ConfigError.
 
     bool is rejected where an int or float is expected, although Python makes it an
     int, because ``epochs: true`` is a mistake. Floats must be finite.
@@ -171,9 +173,12 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
             raise _type_error(path, value, hint) from None
 
     if origin is list:
+        item_hint = typing.get_args(hint)[0]
+        # One string where a list of strings is expected means a list of one: data.tasks=mnist.
+        if item_hint is str and isinstance(value, str):
+            value = [value]
         if not isinstance(value, (list, tuple)):
             raise _type_error(path, value, hint)
-        item_hint = typing.get_args(hint)[0]
         return [_coerce(item, item_hint, f"{path}[{index}]") for index, item in enumerate(value)]
 
     if hint is float:
@@ -452,9 +457,13 @@ class DataConfig:
 
     _section = "data"
 
-    task: str = field(
-        default="",
-        metadata=_meta("Built-in task name, image-folder path or CSV manifest path. Required by train and evaluate."),
+    tasks: list[str] = field(
+        default_factory=list,
+        metadata=_meta(
+            "Tasks to train on: built-in task names, image-folder paths or CSV manifest paths. One task trains a "
+            "single-task prompt; several train one prompt on all of them (a multitask source prompt or a joint group). "
+            "Required by train and evaluate."
+        ),
     )
     shots: int = field(
         default=5,
@@ -471,6 +480,13 @@ class DataConfig:
         default=0,
         metadata=_meta("DataLoader worker processes; 0 loads data in the main process.", unit="processes"),
     )
+    sampling: str = field(
+        default="proportional",
+        metadata=_meta(
+            "How multitask batches draw samples: proportional (uniformly over all samples, so each task in proportion "
+            "to its size, as the MVLPT reference does) or balanced (each task equally often)."
+        ),
+    )
     root: str | None = field(
         default=None,
         metadata=_meta("Data root for built-in tasks; null uses $MVLPT_DATA_ROOT, or ~/.cache/mvlpt/data when that is unset."),
@@ -480,6 +496,13 @@ class DataConfig:
         _check_types(self)
         _require_at_least(self, "shots", 1)
         _require_at_least(self, "num_workers", 0)
+        _require_choice(self, "sampling", SAMPLINGS)
+        for task in self.tasks:
+            if not task.strip():
+                _reject(self, "tasks", "an entry is empty", "Remove the empty entry from data.tasks.")
+        repeated = sorted({task for task in self.tasks if self.tasks.count(task) > 1})
+        if repeated:
+            _reject(self, "tasks", f"{', '.join(repeated)} appear more than once", "List each task once in data.tasks.")
         _require_nonempty(self, "root", "Set data.root to a directory, or to null for the default.")
 
 
@@ -521,6 +544,14 @@ class TrainConfig:
     )
     device: str = field(default="auto", metadata=_meta("Device: auto, cpu, cuda or cuda:N."))
     eval_every: int = field(default=1, metadata=_meta("Validate every N epochs.", unit="epochs"))
+    label_space: str = field(
+        default="union",
+        metadata=_meta(
+            "Classes the training loss ranges over when several tasks are trained together: union (cross-entropy over "
+            "all tasks' classes, as the MVLPT reference does) or task (each sample's logits restricted to its own task's "
+            "classes by masking the others with -inf). Evaluation always scores each task over its own classes."
+        ),
+    )
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -545,6 +576,7 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", self.device):
             _reject(self, "device", "it must be auto, cpu, cuda or cuda:N", "Set train.device to e.g. cuda:0.")
         _require_at_least(self, "eval_every", 1)
+        _require_choice(self, "label_space", LABEL_SPACES)
 
 
 @dataclass
@@ -574,7 +606,7 @@ class RunConfig:
     def validate_for(self, command: str) -> None:
         """Check every field again, then the fields that ``command`` needs.
 
-        train and evaluate need data.task, and train needs ``init`` to exist when it is
+        train and evaluate need data.tasks, and train needs ``init`` to exist when it is
         set. Other commands get only the per-field checks.
         """
         # Parents first, because their type checks make sure the sections are dataclasses.
@@ -583,10 +615,10 @@ class RunConfig:
         for section in (self.backbone, self.prompt.coop, self.prompt.vpt, self.prompt.upt, self.data, self.train):
             section.__post_init__()
 
-        if command in COMMANDS_NEEDING_TASK and not self.data.task:
+        if command in COMMANDS_NEEDING_TASK and not self.data.tasks:
             raise ConfigError(
-                f"data.task='' is invalid: the {command} command needs a task. "
-                "Set data.task to a built-in task name, an image-folder path or a CSV manifest path."
+                f"data.tasks=[] is invalid: the {command} command needs a task. "
+                "Set data.tasks to a list of built-in task names, image-folder paths or CSV manifest paths."
             )
         if command == "train" and self.init is not None and not Path(self.init).exists():
             raise ConfigError(
@@ -678,7 +710,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     Each override is ``dotted.key=value``, with the value read as YAML, so
     ``train.epochs=5``, ``prompt.vpt.deep=false``, ``backbone.pretrained=null`` and
     ``prompt.vpt.templates=["a {}."]`` work. A value for a text field is kept as written
-    when YAML would read it as a number or bool (``data.task=2024`` is the string
+    when YAML would read it as a number or bool (``output_dir=2024`` is the string
     "2024"). Overrides apply in order, so a later one wins.
     """
     data = _read_yaml_file(Path(path)) if path is not None else {}

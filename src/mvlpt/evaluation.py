@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +13,7 @@ from tqdm.auto import tqdm
 
 from .backbone import FrozenCLIP
 from .model import PromptedCLIP, encode_class_templates
+from .runtime import autocast_context
 from .tasks import Sample, Task
 
 logger = logging.getLogger(__name__)
@@ -36,26 +36,25 @@ def compute_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, flo
 
 
 class ImageDataset(Dataset):
-    """Images of a task's samples, transformed for the backbone; items are (image, label, index)."""
+    """Images of one task's samples, transformed for the backbone.
 
-    def __init__(self, task: Task, samples: Sequence[Sample], transform):
+    Items are (image, label, task_index); ``label_offset`` shifts the labels
+    into a multitask label space whose range for this task starts there.
+    """
+
+    def __init__(self, task: Task, samples: Sequence[Sample], transform, task_index: int = 0, label_offset: int = 0):
         self.task = task
         self.samples = list(samples)
         self.transform = transform
+        self.task_index = task_index
+        self.label_offset = label_offset
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
         sample = self.samples[index]
-        return self.transform(self.task.load_image(sample.key)), sample.label, index
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype | None):
-    """bf16 autocast on ``device`` when ``dtype`` is bfloat16, else no autocast."""
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+        return self.transform(self.task.load_image(sample.key)), sample.label + self.label_offset, self.task_index
 
 
 @torch.no_grad()
@@ -90,23 +89,29 @@ def predict(
     autocast_dtype: torch.dtype | None = None,
     num_workers: int = 0,
     description: str = "evaluating",
+    class_indices: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, C) and labels (N,) for a dataset, or for precomputed image features."""
+    """Logits (N, C) and labels (N,) for a dataset, or for precomputed image features.
+
+    With ``class_indices`` the logits cover only those classes, in that order.
+    """
     model.eval()
     device = model.backbone.device
+    if class_indices is not None:
+        class_indices = class_indices.to(device)
     if features is not None:
         outputs = []
         for start in range(0, len(features), batch_size):
             batch = features[start : start + batch_size].to(device)
             with autocast_context(device, autocast_dtype):
-                outputs.append(model(image_features=batch).float().cpu())
+                outputs.append(model(image_features=batch, class_indices=class_indices).float().cpu())
         return torch.cat(outputs), labels
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     outputs, all_labels = [], []
     for images, batch_labels, _ in tqdm(loader, desc=description, leave=False, unit="batch"):
         with autocast_context(device, autocast_dtype):
-            outputs.append(model(images.to(device)).float().cpu())
+            outputs.append(model(images.to(device), class_indices=class_indices).float().cpu())
         all_labels.append(batch_labels)
     return torch.cat(outputs), torch.cat(all_labels)
 

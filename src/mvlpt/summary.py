@@ -28,15 +28,19 @@ def collect_results(paths: list[Path]) -> list[dict]:
 
 
 def results_table(rows: list[dict], split: str = "test") -> str:
-    """A Markdown table: one row per (task, method, shots), the task metric as mean ± std over seeds."""
+    """Return a Markdown table: one row per (task, method, shots), the task metric as mean ± std over seeds.
+
+    A run trained on several tasks contributes one row entry per task.
+    """
     groups: dict[tuple, list[float]] = defaultdict(list)
     metrics: dict[tuple, str] = {}
     for row in rows:
-        if split not in row:
-            continue
-        key = (row["task"], row["method"], row.get("shots", "-"))
-        groups[key].append(float(row[split][row["metric"]]))
-        metrics[key] = row["metric"]
+        for task, entry in row.get("per_task", {}).items():
+            if split not in entry:
+                continue
+            key = (task, row["method"], row.get("shots", "-"))
+            groups[key].append(float(entry[split][entry["metric"]]))
+            metrics[key] = entry["metric"]
 
     lines = [
         f"| task | method | shots | metric | {split} | seeds |",

@@ -1,13 +1,18 @@
-"""Few-shot prompt training on one task: the run directory, the loop and model selection.
+"""Few-shot prompt training on one task or several at once, with model selection and evaluation.
 
 A run directory contains everything needed to read or repeat the run:
 
 - ``config.yaml``: the full configuration;
-- ``fewshot.json``: the chosen training and validation images;
+- ``fewshot/<task>.json``: the chosen training and validation images of each task;
 - ``metrics.jsonl``: one JSON object per epoch;
 - ``prompt/``: the selected prompt checkpoint;
-- ``results.json``: the final validation and test metrics;
+- ``results.json``: validation and test metrics per task and their average;
 - ``train_state.pt`` while training runs, so an interrupted run resumes.
+
+With several tasks the prompt is trained on the union of their few-shot
+sets (see ``mvlpt.multitask``). Evaluation always scores each task over its
+own classes with its own metric; model selection uses the average over tasks
+of each task's validation metric.
 """
 
 from __future__ import annotations
@@ -17,18 +22,12 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 from torchvision import transforms
 from tqdm.auto import tqdm
 
@@ -37,89 +36,32 @@ from .backbone import FrozenCLIP, load_backbone
 from .builtin import resolve_task
 from .checkpoints import check_compatible, load_prompt_checkpoint, load_state_strict, save_prompt_checkpoint
 from .config import RunConfig, dump_config
-from .evaluation import ImageDataset, autocast_context, compute_metrics, encode_dataset, predict, zero_shot_logits
+from .evaluation import ImageDataset, compute_metrics, encode_dataset, predict, zero_shot_logits
 from .fewshot import FewShotSplit, read_split, sample_few_shot, write_split
 from .model import PromptedCLIP, build_prompt_learner, vpt_templates
+from .multitask import LabelSpace, MultitaskSampler, classification_loss, task_restricted_logits
+from .rundir import (
+    append_jsonl,
+    check_config_matches,
+    clear_run,
+    fewshot_path,
+    save_torch_atomic,
+    write_json_atomic,
+)
+from .runtime import RunError, autocast_context, resolve_autocast_dtype, resolve_device, seed_everything
 from .tasks import Task
 
 logger = logging.getLogger(__name__)
 
-
-class RunError(RuntimeError):
-    """A run cannot start or continue as configured."""
-
-
-# Files and reproducibility ------------------------------------------------------------------
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=2)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def save_torch_atomic(path: Path, data: Any) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(data, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-# Device and precision -----------------------------------------------------------------------
-
-
-def _cpu_has_bf16() -> bool:
-    """Report whether the CPU computes bf16 natively (AMX or AVX-512 BF16), where bf16 autocast is fast."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunError(f"train.device={name!r} but CUDA is not available; use train.device=cpu or auto")
-    return device
-
-
-def resolve_autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bfloat16 for autocast, or None for plain fp32."""
-    if precision == "fp32":
-        return None
-    if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-    else:
-        supported = _cpu_has_bf16()
-    if precision == "bf16":
-        if not supported:
-            logger.warning("bf16 requested but %s has no native bf16 support; it will run, slowly", device)
-        return torch.bfloat16
-    return torch.bfloat16 if supported else None
+__all__ = ["RunError", "evaluate_checkpoint", "learning_rate", "train", "zero_shot"]
 
 
 # Data ---------------------------------------------------------------------------------------
+
+
+def load_tasks(config: RunConfig) -> list[Task]:
+    root = Path(config.data.root) if config.data.root else None
+    return [resolve_task(spec, root) for spec in config.data.tasks]
 
 
 def train_transform(backbone: FrozenCLIP) -> transforms.Compose:
@@ -138,42 +80,102 @@ def train_transform(backbone: FrozenCLIP) -> transforms.Compose:
 
 
 def choose_few_shot(config: RunConfig, task: Task, run_dir: Path) -> FewShotSplit:
-    """Return the run's few-shot split: the one already in the run directory, or a new seeded draw."""
-    path = run_dir / "fewshot.json"
-    if path.exists():
-        split = read_split(path)
-        if split.shots != config.data.shots or split.seed != config.seed:
-            raise RunError(
-                f"{path} contains a {split.shots}-shot split for seed {split.seed}, but the run asks for "
-                f"{config.data.shots} shots and seed {config.seed}; use another output_dir or delete the file"
-            )
-        pool = {sample.key: sample.label for sample in task.splits["train"]}
-        foreign = [sample for sample in (*split.train, *split.val) if pool.get(sample.key) != sample.label]
-        if foreign:
-            raise RunError(
-                f"{path} lists {len(foreign)} image(s) that are not in the training split of task {task.name} "
-                f"with that label, for example {foreign[0].key!r}; the file belongs to another task or data version"
-            )
+    """Return the task's few-shot split: the one already in the run directory, or a new seeded draw."""
+    path = fewshot_path(run_dir, task.name)
+    if not path.exists():
+        split = sample_few_shot(task.splits["train"], task.num_classes, config.data.shots, config.seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_split(split, path)
         return split
-    split = sample_few_shot(task.splits["train"], task.num_classes, config.data.shots, config.seed)
-    write_split(split, path)
+
+    split = read_split(path)
+    if split.shots != config.data.shots or split.seed != config.seed:
+        raise RunError(
+            f"{path} contains a {split.shots}-shot split for seed {split.seed}, but the run asks for "
+            f"{config.data.shots} shots and seed {config.seed}; use another output_dir or delete the file"
+        )
+    pool = {sample.key: sample.label for sample in task.splits["train"]}
+    foreign = [sample for sample in (*split.train, *split.val) if pool.get(sample.key) != sample.label]
+    if foreign:
+        raise RunError(
+            f"{path} lists {len(foreign)} image(s) that are not in the training split of task {task.name} "
+            f"with that label, for example {foreign[0].key!r}; the file belongs to another task or data version"
+        )
     return split
 
 
 @dataclass
 class SplitData:
-    """One split as a dataset, plus its frozen image features when those can be reused."""
+    """One split of one task as a dataset, plus its frozen image features when those can be reused."""
 
     dataset: ImageDataset
     features: torch.Tensor | None = None
     labels: torch.Tensor | None = None
 
 
+@dataclass
+class TaskData:
+    """One task of a run: its place in the label space and its train, validation and test data."""
+
+    task: Task
+    index: int
+    classes: range
+    splits: dict[str, SplitData]
+
+
+def prepare_task_data(
+    config: RunConfig,
+    tasks: list[Task],
+    label_space: LabelSpace,
+    few_shot: list[FewShotSplit] | None,
+    backbone: FrozenCLIP,
+    reuse_features: bool,
+    autocast_dtype: torch.dtype | None,
+    split_names: tuple[str, ...] = ("train", "val", "test"),
+) -> list[TaskData]:
+    """Datasets of every task and split, with frozen image features encoded once when ``reuse_features``.
+
+    Labels are in the union label space. ``few_shot`` gives each task's
+    training and validation samples; without it, only "test" (or a split
+    named in ``split_names``) of the task itself is used.
+    """
+    eval_transform = backbone.preprocess
+    train_tf = train_transform(backbone) if config.data.augment else eval_transform
+    result = []
+    for index, task in enumerate(tasks):
+        offset = label_space.offsets[index]
+        samples = {name: task.splits.get(name) for name in split_names}
+        if few_shot is not None:
+            samples["train"] = few_shot[index].train
+            samples["val"] = few_shot[index].val
+
+        splits = {}
+        for name in split_names:
+            if samples[name] is None:
+                raise RunError(f"task {task.name} has no {name!r} split; it has {', '.join(sorted(task.splits))}")
+            transform = train_tf if name == "train" else eval_transform
+            dataset = ImageDataset(task, samples[name], transform, task_index=index, label_offset=offset)
+            item = SplitData(dataset)
+            if reuse_features:
+                # The image features do not depend on the prompt: encode each image once for the whole run.
+                item.features, item.labels = encode_dataset(
+                    backbone,
+                    dataset,
+                    config.train.eval_batch_size,
+                    autocast_dtype,
+                    config.data.num_workers,
+                    description=f"encoding {task.name} {name} images",
+                )
+            splits[name] = item
+        result.append(TaskData(task, index, label_space.class_range(index), splits))
+    return result
+
+
 # Schedule -----------------------------------------------------------------------------------
 
 
 def learning_rate(epoch: int, config) -> float:
-    """Learning rate of ``epoch`` (0-based).
+    """Return the learning rate of ``epoch`` (0-based).
 
     The first ``warmup_epochs`` use the constant ``warmup_lr``. After them the
     cosine schedule over all ``epochs`` takes over at its value for ``epoch``.
@@ -184,7 +186,108 @@ def learning_rate(epoch: int, config) -> float:
     return 0.5 * config.lr * (1.0 + math.cos(math.pi * epoch / config.epochs))
 
 
-# The run ------------------------------------------------------------------------------------
+# Model --------------------------------------------------------------------------------------
+
+
+def build_model(config: RunConfig, backbone: FrozenCLIP, classnames: list[str], templates: list[str]) -> PromptedCLIP:
+    learner = build_prompt_learner(config.prompt, backbone, classnames)
+    learner.log_parameter_count()
+    return PromptedCLIP(backbone, learner, classnames, vpt_templates(config.prompt, templates))
+
+
+def task_templates(tasks: list[Task]) -> list[str]:
+    """The templates of the first task; VPT's ["task"] setting needs all tasks to agree."""
+    templates = list(tasks[0].templates)
+    for task in tasks[1:]:
+        if list(task.templates) != templates:
+            logger.warning(
+                "tasks %s and %s have different templates; VPT's templates=['task'] uses those of %s",
+                tasks[0].name, task.name, tasks[0].name,
+            )
+            break
+    return templates
+
+
+def initialise_from(model: PromptedCLIP, config: RunConfig, backbone: FrozenCLIP) -> None:
+    """Copy every prompt parameter from the checkpoint ``config.init``; stop if anything does not fit.
+
+    Only parameters shared across tasks transfer. A class-specific CoOp
+    context belongs to its task's classes and is rejected.
+    """
+    checkpoint = load_prompt_checkpoint(config.init)
+    check_compatible(
+        checkpoint,
+        method=config.prompt.method,
+        backbone=backbone.identity,
+        classnames=None,
+        class_specific_ok=False,
+    )
+    load_state_strict(model.learner, checkpoint.state_dict, source=str(config.init))
+    logger.info("initialised the %s prompt from %s", config.prompt.method, config.init)
+
+
+def checkpoint_metadata(config: RunConfig, backbone: FrozenCLIP, label_space: LabelSpace, extra: dict) -> dict:
+    return {
+        "method": config.prompt.method,
+        "prompt_config": dataclasses.asdict(config.prompt.active()),
+        "backbone": backbone.identity,
+        "classnames": list(label_space.classnames),
+        "tasks": list(label_space.task_names),
+        "class_offsets": list(label_space.offsets),
+        "extra": extra,
+    }
+
+
+# Evaluation within a run --------------------------------------------------------------------
+
+
+def evaluate_tasks(
+    model: PromptedCLIP,
+    task_data: list[TaskData],
+    split_name: str,
+    config: RunConfig,
+    autocast_dtype: torch.dtype | None,
+) -> dict[str, dict[str, float]]:
+    """Metrics of each task on one split, each scored over its own classes only."""
+    results = {}
+    for item in task_data:
+        split = item.splits[split_name]
+        classes = torch.arange(item.classes.start, item.classes.stop)
+        logits, labels = predict(
+            model,
+            dataset=split.dataset if split.features is None else None,
+            features=split.features,
+            labels=split.labels,
+            batch_size=config.train.eval_batch_size,
+            autocast_dtype=autocast_dtype,
+            num_workers=config.data.num_workers,
+            description=f"{split_name} {item.task.name}",
+            class_indices=classes,
+        )
+        results[item.task.name] = compute_metrics(logits, labels - item.classes.start)
+    return results
+
+
+def average_task_metric(per_task: dict[str, dict[str, float]], tasks: list[Task]) -> float:
+    """The mean over tasks of each task's own metric."""
+    return sum(per_task[task.name][task.metric] for task in tasks) / len(tasks)
+
+
+def task_results(tasks: list[Task], val: dict | None, test: dict) -> dict:
+    per_task = {}
+    for task in tasks:
+        entry = {"metric": task.metric}
+        if val is not None:
+            entry["val"] = val[task.name]
+        entry["test"] = test[task.name]
+        per_task[task.name] = entry
+    average = {"test": average_task_metric(test, tasks)}
+    if val is not None:
+        average["val"] = average_task_metric(val, tasks)
+    return {"per_task": per_task, "average": average}
+
+
+# The training loop --------------------------------------------------------------------------
 
 
 @dataclass
@@ -195,81 +298,6 @@ class TrainingState:
     best_prompt: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _checkpoint_metadata(config: RunConfig, backbone: FrozenCLIP, task: Task, extra: dict) -> dict:
-    prompt_config = config.prompt.active()
-    return {
-        "format": "mvlpt-prompt",
-        "format_version": 1,
-        "mvlpt_version": __version__,
-        "method": config.prompt.method,
-        "prompt_config": dataclasses.asdict(prompt_config),
-        "backbone": backbone.identity,
-        "classnames": list(task.classnames),
-        "task": task.name,
-        "extra": extra,
-    }
-
-
-def initialise_from(model: PromptedCLIP, config: RunConfig, backbone: FrozenCLIP) -> None:
-    """Copy every prompt parameter from ``config.init``; stop if anything does not fit."""
-    checkpoint = load_prompt_checkpoint(config.init)
-    check_compatible(checkpoint, method=config.prompt.method, backbone=backbone.identity, classnames=None)
-    load_state_strict(model.learner, checkpoint.state_dict, source=str(config.init))
-    logger.info("initialised the %s prompt from %s", config.prompt.method, config.init)
-
-
-def build_model(config: RunConfig, backbone: FrozenCLIP, task: Task) -> PromptedCLIP:
-    learner = build_prompt_learner(config.prompt, backbone, task.classnames)
-    learner.log_parameter_count()
-    templates = vpt_templates(config.prompt, task.templates)
-    return PromptedCLIP(backbone, learner, task.classnames, templates)
-
-
-def _prepare_splits(
-    config: RunConfig,
-    task: Task,
-    split: FewShotSplit,
-    backbone: FrozenCLIP,
-    reuse_features: bool,
-    autocast_dtype: torch.dtype | None,
-) -> dict[str, SplitData]:
-    eval_transform = backbone.preprocess
-    train_tf = train_transform(backbone) if config.data.augment else eval_transform
-    data = {
-        "train": SplitData(ImageDataset(task, split.train, train_tf)),
-        "val": SplitData(ImageDataset(task, split.val, eval_transform)),
-        "test": SplitData(ImageDataset(task, task.splits["test"], eval_transform)),
-    }
-    if not reuse_features:
-        return data
-
-    # CoOp's image features do not depend on the prompt: encode each image once for the whole run.
-    for name, item in data.items():
-        item.features, item.labels = encode_dataset(
-            backbone,
-            item.dataset,
-            config.train.eval_batch_size,
-            autocast_dtype,
-            config.data.num_workers,
-            description=f"encoding {name} images",
-        )
-    return data
-
-
-def _evaluate(model, item: SplitData, config: RunConfig, autocast_dtype, description: str) -> dict[str, float]:
-    logits, labels = predict(
-        model,
-        dataset=item.dataset if item.features is None else None,
-        features=item.features,
-        labels=item.labels,
-        batch_size=config.train.eval_batch_size,
-        autocast_dtype=autocast_dtype,
-        num_workers=config.data.num_workers,
-        description=description,
-    )
-    return compute_metrics(logits, labels)
-
-
 def _open_tensorboard(run_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -278,42 +306,8 @@ def _open_tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def _check_config_matches(config: RunConfig, run_dir: Path) -> None:
-    """Refuse to resume or reuse a run directory written by a different configuration."""
-    from .config import load_config
-
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        return
-    previous = load_config(path).to_dict()
-    current = config.to_dict()
-    if previous != current:
-        differing = _differing_keys(previous, current)
-        raise RunError(
-            f"{run_dir} was written by a different configuration ({', '.join(differing[:5])} differ); "
-            f"use another output_dir, or pass --overwrite to start this run afresh there"
-        )
-
-
-def _differing_keys(first: dict, second: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for key in sorted(set(first) | set(second)):
-        a, b = first.get(key), second.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys.extend(_differing_keys(a, b, f"{prefix}{key}."))
-        elif a != b:
-            keys.append(f"{prefix}{key}")
-    return keys
-
-
-def clear_run(run_dir: Path) -> None:
-    """Remove the files a previous run wrote, for --overwrite."""
-    for name in ("results.json", "metrics.jsonl", "train_state.pt", "fewshot.json", "config.yaml"):
-        (run_dir / name).unlink(missing_ok=True)
-
-
 def train(config: RunConfig, overwrite: bool = False) -> dict:
-    """Train a prompt on the few-shot split of one task and evaluate it; return the results.
+    """Train a prompt on the few-shot splits of ``config.data.tasks`` and evaluate it; return the results.
 
     A run whose ``results.json`` exists is not repeated: its results are
     returned. An interrupted run continues from ``train_state.pt``.
@@ -323,7 +317,7 @@ def train(config: RunConfig, overwrite: bool = False) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     if overwrite:
         clear_run(run_dir)
-    _check_config_matches(config, run_dir)
+    check_config_matches(config, run_dir)
 
     results_path = run_dir / "results.json"
     if results_path.exists():
@@ -334,22 +328,25 @@ def train(config: RunConfig, overwrite: bool = False) -> dict:
     started = time.perf_counter()
     seed_everything(config.seed)
 
-    task = resolve_task(config.data.task, Path(config.data.root) if config.data.root else None)
-    split = choose_few_shot(config, task, run_dir)
-    logger.info(
-        "task %s: %d classes, %d training and %d validation images (%d shots, seed %d), %d test images",
-        task.name, task.num_classes, len(split.train), len(split.val), split.shots, split.seed, len(task.splits["test"]),
-    )
+    tasks = load_tasks(config)
+    label_space = LabelSpace.from_tasks(tasks)
+    few_shot = [choose_few_shot(config, task, run_dir) for task in tasks]
+    for task, split in zip(tasks, few_shot):
+        logger.info(
+            "task %s: %d classes, %d training and %d validation images (%d shots, seed %d), %d test images",
+            task.name, task.num_classes, len(split.train), len(split.val), split.shots, split.seed,
+            len(task.splits["test"]),
+        )
 
     device = resolve_device(config.train.device)
     autocast_dtype = resolve_autocast_dtype(config.train.precision, device)
     backbone = load_backbone(config.backbone.model, config.backbone.pretrained, config.backbone.cache_dir).to(device)
-    model = build_model(config, backbone, task).to(device)
+    model = build_model(config, backbone, list(label_space.classnames), task_templates(tasks)).to(device)
     if config.init:
         initialise_from(model, config, backbone)
 
     reuse_features = not model.learner.image_depends_on_prompt and not config.data.augment
-    data = _prepare_splits(config, task, split, backbone, reuse_features, autocast_dtype)
+    task_data = prepare_task_data(config, tasks, label_space, few_shot, backbone, reuse_features, autocast_dtype)
 
     optimizer = torch.optim.SGD(
         model.learner.parameters(),
@@ -361,45 +358,9 @@ def train(config: RunConfig, overwrite: bool = False) -> dict:
     state_path = run_dir / "train_state.pt"
     if state_path.exists():
         state = _resume(state_path, model, optimizer)
-        logger.info("resuming %s at epoch %d", run_dir, state.epoch + 1)
+        logger.info("resuming %s after epoch %d", run_dir, state.epoch)
 
-    metrics_path = run_dir / "metrics.jsonl"
-    writer = _open_tensorboard(run_dir)
-    generator = torch.Generator().manual_seed(config.seed)
-    task_metric = task.metric
-
-    epochs = range(state.epoch, config.train.epochs)
-    progress = tqdm(epochs, desc=f"{config.prompt.method} on {task.name}", unit="epoch", initial=state.epoch, total=config.train.epochs)
-    for epoch in progress:
-        lr = learning_rate(epoch, config.train)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        generator.manual_seed(config.seed * 100_003 + epoch)
-        train_loss, train_accuracy = _train_epoch(model, data["train"], optimizer, config, autocast_dtype, generator)
-        record = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_accuracy": train_accuracy}
-
-        is_last = epoch + 1 == config.train.epochs
-        if (epoch + 1) % config.train.eval_every == 0 or is_last:
-            val = _evaluate(model, data["val"], config, autocast_dtype, "validating")
-            record.update({f"val_{name}": value for name, value in val.items()})
-            if val[task_metric] > state.best_score:
-                state.best_score = val[task_metric]
-                state.best_epoch = epoch + 1
-                state.best_prompt = copy.deepcopy(model.learner.state_dict())
-
-        _append_jsonl(metrics_path, record)
-        if writer is not None:
-            for name, value in record.items():
-                if name != "epoch":
-                    writer.add_scalar(name, value, epoch + 1)
-        progress.set_postfix(loss=f"{train_loss:.3f}", val=f"{record.get(f'val_{task_metric}', float('nan')):.1f}")
-
-        state.epoch = epoch + 1
-        _save_state(state_path, state, model, optimizer)
-
-    if writer is not None:
-        writer.close()
+    state = _train_epochs(config, model, optimizer, task_data, label_space, tasks, state, run_dir, autocast_dtype)
 
     if config.train.model_selection == "best_val" and state.best_prompt:
         model.learner.load_state_dict(state.best_prompt)
@@ -407,63 +368,133 @@ def train(config: RunConfig, overwrite: bool = False) -> dict:
     else:
         selected_epoch = config.train.epochs
 
-    val = _evaluate(model, data["val"], config, autocast_dtype, "validating")
-    test = _evaluate(model, data["test"], config, autocast_dtype, "testing")
-    save_prompt_checkpoint(
-        run_dir / "prompt",
-        model.learner.state_dict(),
-        _checkpoint_metadata(config, backbone, task, {"selected_epoch": selected_epoch, "shots": split.shots, "seed": split.seed}),
-    )
+    val = evaluate_tasks(model, task_data, "val", config, autocast_dtype)
+    test = evaluate_tasks(model, task_data, "test", config, autocast_dtype)
+    extra = {"selected_epoch": selected_epoch, "shots": config.data.shots, "seed": config.seed, "init": config.init}
+    save_prompt_checkpoint(run_dir / "prompt", model.learner.state_dict(), checkpoint_metadata(config, backbone, label_space, extra))
 
     results = {
-        "task": task.name,
+        "tasks": [task.name for task in tasks],
         "method": config.prompt.method,
-        "shots": split.shots,
+        "shots": config.data.shots,
         "seed": config.seed,
-        "metric": task_metric,
+        "init": config.init,
+        "sampling": config.data.sampling,
+        "label_space": config.train.label_space,
         "selected_epoch": selected_epoch,
         "model_selection": config.train.model_selection,
-        "val": val,
-        "test": test,
+        **task_results(tasks, val, test),
         "trainable_parameters": model.learner.num_trainable_parameters(),
         "wall_time_s": round(time.perf_counter() - started, 2),
         "mvlpt_version": __version__,
     }
     write_json_atomic(results_path, results)
     state_path.unlink(missing_ok=True)
-    logger.info("%s %s on %s: test %s %.2f", config.prompt.method, run_dir, task.name, task_metric, test[task_metric])
+    logger.info("%s finished: average test metric %.2f over %d task(s)", run_dir, results["average"]["test"], len(tasks))
     return results
 
 
-def _train_epoch(model, item: SplitData, optimizer, config: RunConfig, autocast_dtype, generator) -> tuple[float, float]:
+def _train_epochs(config, model, optimizer, task_data, label_space, tasks, state, run_dir, autocast_dtype):
+    metrics_path = run_dir / "metrics.jsonl"
+    writer = _open_tensorboard(run_dir)
+    generator = torch.Generator()
+    names = ", ".join(task.name for task in tasks)
+    progress = tqdm(
+        range(state.epoch, config.train.epochs),
+        desc=f"{config.prompt.method} on {names}",
+        unit="epoch",
+        initial=state.epoch,
+        total=config.train.epochs,
+    )
+    for epoch in progress:
+        lr = learning_rate(epoch, config.train)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # Seeded per epoch, so a resumed run draws the same batches as an uninterrupted one.
+        generator.manual_seed(config.seed * 100_003 + epoch)
+        train_loss, train_accuracy = _train_epoch(model, task_data, label_space, optimizer, config, autocast_dtype, generator)
+        record = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_accuracy": train_accuracy}
+
+        is_last = epoch + 1 == config.train.epochs
+        if (epoch + 1) % config.train.eval_every == 0 or is_last:
+            val = evaluate_tasks(model, task_data, "val", config, autocast_dtype)
+            score = average_task_metric(val, tasks)
+            record["val_average"] = score
+            for name, metrics in val.items():
+                record.update({f"val_{name}_{metric}": value for metric, value in metrics.items()})
+            if score > state.best_score:
+                state.best_score = score
+                state.best_epoch = epoch + 1
+                state.best_prompt = copy.deepcopy(model.learner.state_dict())
+
+        append_jsonl(metrics_path, record)
+        if writer is not None:
+            for name, value in record.items():
+                if name != "epoch":
+                    writer.add_scalar(name, value, epoch + 1)
+        progress.set_postfix(loss=f"{train_loss:.3f}", val=f"{record.get('val_average', float('nan')):.1f}")
+
+        state.epoch = epoch + 1
+        _save_state(run_dir / "train_state.pt", state, model, optimizer)
+
+    if writer is not None:
+        writer.close()
+    return state
+
+
+def _training_batches(task_data: list[TaskData], config: RunConfig, generator: torch.Generator):
+    """Yield (images, features, labels, task_indices) batches for one epoch; one of images/features is None."""
+    splits = [item.splits["train"] for item in task_data]
+    sampler = MultitaskSampler([len(split.dataset) for split in splits], config.data.sampling, generator)
+    batch_size = config.train.batch_size
+
+    if splits[0].features is not None:
+        features = torch.cat([split.features for split in splits])
+        labels = torch.cat([split.labels for split in splits])
+        tasks = torch.cat([torch.full((len(split.features),), item.index) for split, item in zip(splits, task_data)])
+        order = torch.tensor(list(sampler))
+        for index in order.split(batch_size):
+            yield None, features[index], labels[index], tasks[index]
+        return
+
+    loader = DataLoader(
+        ConcatDataset([split.dataset for split in splits]),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=config.data.num_workers,
+    )
+    for images, labels, tasks in loader:
+        yield images, None, labels, tasks
+
+
+def _train_epoch(model, task_data, label_space, optimizer, config, autocast_dtype, generator) -> tuple[float, float]:
     device = model.backbone.device
     model.train()
+    restrict = config.train.label_space == "task" and label_space.num_tasks > 1
+    class_tasks = label_space.class_tasks()
     total_loss, correct, count = 0.0, 0, 0
 
-    if item.features is not None:
-        order = torch.randperm(len(item.features), generator=generator)
-        batches = [
-            (None, item.features[index], item.labels[index])
-            for index in order.split(config.train.batch_size)
-        ]
-    else:
-        loader = DataLoader(
-            item.dataset,
-            batch_size=config.train.batch_size,
-            shuffle=True,
-            generator=generator,
-            num_workers=config.data.num_workers,
-        )
-        batches = ((images, None, labels) for images, labels, _ in loader)
+    for images, features, labels, tasks in _training_batches(task_data, config, generator):
+        class_indices = None
+        if restrict:
+            # Only the classes of the tasks in this batch need text features.
+            class_indices = label_space.classes_of_tasks(tasks)
+            position = torch.full((label_space.num_classes,), -1, dtype=torch.long)
+            position[class_indices] = torch.arange(len(class_indices))
+            labels = position[labels]
 
-    for images, features, labels in batches:
-        labels = labels.to(device)
         with autocast_context(device, autocast_dtype):
             if features is not None:
-                logits = model(image_features=features.to(device))
+                logits = model(image_features=features.to(device), class_indices=_to(class_indices, device))
             else:
-                logits = model(images.to(device))
-        loss = F.cross_entropy(logits.float(), labels)
+                logits = model(images.to(device), class_indices=_to(class_indices, device))
+        logits = logits.float()
+        if restrict:
+            logits = task_restricted_logits(logits, tasks.to(device), class_tasks[class_indices].to(device))
+
+        labels = labels.to(device)
+        loss = classification_loss(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -474,9 +505,8 @@ def _train_epoch(model, item: SplitData, optimizer, config: RunConfig, autocast_
     return total_loss / max(count, 1), 100.0 * correct / max(count, 1)
 
 
-def _append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as stream:
-        stream.write(json.dumps(record) + "\n")
+def _to(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(device)
 
 
 def _save_state(path: Path, state: TrainingState, model: PromptedCLIP, optimizer) -> None:
@@ -508,56 +538,57 @@ def _resume(path: Path, model: PromptedCLIP, optimizer) -> TrainingState:
 # Evaluation of saved prompts and zero-shot --------------------------------------------------
 
 
-def evaluate_checkpoint(
-    checkpoint_dir: str | Path,
-    config: RunConfig,
-    split_name: str = "test",
-) -> dict:
-    """Evaluate a saved prompt on a task split, loading it strictly."""
+def evaluate_checkpoint(checkpoint_dir: str | Path, config: RunConfig, split_name: str = "test") -> dict:
+    """Evaluate a saved prompt on each task of ``config.data.tasks``, loading it strictly."""
     checkpoint = load_prompt_checkpoint(checkpoint_dir)
-    task = resolve_task(config.data.task, Path(config.data.root) if config.data.root else None)
-    if split_name not in task.splits:
-        raise RunError(f"task {task.name} has no {split_name!r} split; it has {', '.join(sorted(task.splits))}")
+    tasks = load_tasks(config)
+    label_space = LabelSpace.from_tasks(tasks)
 
     device = resolve_device(config.train.device)
     autocast_dtype = resolve_autocast_dtype(config.train.precision, device)
     backbone = load_backbone(config.backbone.model, config.backbone.pretrained, config.backbone.cache_dir).to(device)
-    check_compatible(checkpoint, method=config.prompt.method, backbone=backbone.identity, classnames=task.classnames)
-    model = build_model(config, backbone, task).to(device)
+    check_compatible(
+        checkpoint, method=config.prompt.method, backbone=backbone.identity, classnames=list(label_space.classnames)
+    )
+    model = build_model(config, backbone, list(label_space.classnames), task_templates(tasks)).to(device)
     load_state_strict(model.learner, checkpoint.state_dict, source=str(checkpoint_dir))
 
-    dataset = ImageDataset(task, task.splits[split_name], backbone.preprocess)
-    logits, labels = predict(
-        model,
-        dataset=dataset,
-        batch_size=config.train.eval_batch_size,
-        autocast_dtype=autocast_dtype,
-        num_workers=config.data.num_workers,
-    )
-    metrics = compute_metrics(logits, labels)
-    return {"task": task.name, "method": config.prompt.method, "split": split_name, "metric": task.metric, split_name: metrics}
+    task_data = prepare_task_data(config, tasks, label_space, None, backbone, False, autocast_dtype, (split_name,))
+    metrics = evaluate_tasks(model, task_data, split_name, config, autocast_dtype)
+    return _split_results(tasks, config.prompt.method, split_name, metrics)
 
 
 def zero_shot(config: RunConfig, split_name: str = "test") -> dict:
-    """Zero-shot CLIP on a task split with the task's template ensemble."""
-    task = resolve_task(config.data.task, Path(config.data.root) if config.data.root else None)
-    if split_name not in task.splits:
-        raise RunError(f"task {task.name} has no {split_name!r} split; it has {', '.join(sorted(task.splits))}")
-
+    """Evaluate zero-shot CLIP on each task, with the task's own template ensemble."""
+    tasks = load_tasks(config)
     device = resolve_device(config.train.device)
     autocast_dtype = resolve_autocast_dtype(config.train.precision, device)
     backbone = load_backbone(config.backbone.model, config.backbone.pretrained, config.backbone.cache_dir).to(device)
-    dataset = ImageDataset(task, task.splits[split_name], backbone.preprocess)
-    features, labels = encode_dataset(
-        backbone, dataset, config.train.eval_batch_size, autocast_dtype, config.data.num_workers
-    )
-    logits = zero_shot_logits(backbone, task.classnames, task.templates, features)
-    metrics = compute_metrics(logits, labels)
+
+    metrics = {}
+    for task in tasks:
+        if split_name not in task.splits:
+            raise RunError(f"task {task.name} has no {split_name!r} split; it has {', '.join(sorted(task.splits))}")
+        dataset = ImageDataset(task, task.splits[split_name], backbone.preprocess)
+        features, labels = encode_dataset(
+            backbone,
+            dataset,
+            config.train.eval_batch_size,
+            autocast_dtype,
+            config.data.num_workers,
+            description=f"encoding {task.name} {split_name} images",
+        )
+        logits = zero_shot_logits(backbone, task.classnames, task.templates, features)
+        metrics[task.name] = compute_metrics(logits, labels)
+    return _split_results(tasks, "zero-shot", split_name, metrics)
+
+
+def _split_results(tasks: list[Task], method: str, split_name: str, metrics: dict) -> dict:
     return {
-        "task": task.name,
-        "method": "zero-shot",
+        "tasks": [task.name for task in tasks],
+        "method": method,
         "split": split_name,
-        "metric": task.metric,
-        "templates": len(task.templates),
-        split_name: metrics,
+        "per_task": {task.name: {"metric": task.metric, split_name: metrics[task.name]} for task in tasks},
+        "average": {split_name: average_task_metric(metrics, tasks)},
+        "mvlpt_version": __version__,
     }

@@ -164,6 +164,37 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_average(args: argparse.Namespace) -> int:
+    from .averaging import average_checkpoints
+
+    output = average_checkpoints(args.checkpoints, args.output)
+    print(f"averaged {len(args.checkpoints)} prompt checkpoints into {output}")
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from .pipeline import format_plan, load_pipeline_config, plan_pipeline, run_pipeline
+
+    config = load_pipeline_config(args.config, args.overrides)
+    if args.dry_run:
+        print(format_plan(plan_pipeline(config)))
+        return 0
+    result = run_pipeline(config)
+    print(result.markdown, end="")
+    print(f"tables written to {result.markdown_path} and {result.csv_path}")
+    return 0
+
+
+def _pipeline_epilog() -> str:
+    from .config import fields_help
+    from .pipeline import PipelineConfig
+
+    lines = ["pipeline keys (set in the YAML file or as key=value; see docs/pipeline.md):"]
+    for name, type_name, default, help_text in fields_help(PipelineConfig):
+        lines.append(f"  {name} ({type_name}, default {default}): {help_text}")
+    return "\n".join(lines)
+
+
 def cmd_data_list(args: argparse.Namespace) -> int:
     from .builtin import BUILTIN_TASKS, data_root, load_builtin
     from .tasks import TaskError
@@ -238,6 +269,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     summarize.add_argument("run_dirs", nargs="+", metavar="DIR", help="run directories or folders that contain them")
     summarize.set_defaults(handler=cmd_summarize)
+
+    average = commands.add_parser(
+        "average",
+        help="average the prompt tensors of several checkpoints, e.g. of one prompt trained with several seeds",
+        description="Save the element-wise mean of the prompt tensors of two or more checkpoints as a new checkpoint. "
+        "The checkpoints must have the same method, backbone, parameter names and shapes.",
+    )
+    average.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="prompt checkpoint directories, two or more")
+    average.add_argument("--output", required=True, metavar="DIR", help="directory of the averaged checkpoint")
+    average.set_defaults(handler=cmd_average)
+
+    pipeline = commands.add_parser(
+        "pipeline",
+        help="run a multitask study from one YAML file: source prompts, averaging, targets, baselines, tables",
+        description="Train the source prompt per seed, average it, train each target task from it and from scratch, "
+        "train the joint groups, evaluate zero-shot CLIP, and write results.md and results.csv. "
+        "Finished runs are not repeated.",
+        epilog=_pipeline_epilog(),
+        formatter_class=formatter,
+    )
+    pipeline.add_argument("config", metavar="CONFIG", help="pipeline YAML file, e.g. configs/pipeline-example.yaml")
+    pipeline.add_argument("--dry-run", action="store_true", help="list the runs and their state without training")
+    pipeline.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="pipeline overrides such as seeds=[1] or base.train.epochs=2",
+    )
+    pipeline.set_defaults(handler=cmd_pipeline)
 
     data = commands.add_parser("data", help="built-in tasks")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")

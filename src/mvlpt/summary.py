@@ -27,10 +27,21 @@ def collect_results(paths: list[Path]) -> list[dict]:
     return rows
 
 
-def results_table(rows: list[dict], split: str = "test") -> str:
-    """Return a Markdown table: one row per (task, method, shots), the task metric as mean ± std over seeds.
+def run_setting(row: dict) -> str:
+    """Name how a run was trained: zero-shot, single (one task, from scratch), init (from a checkpoint) or joint."""
+    if row.get("method") == "zero-shot":
+        return "zero-shot"
+    if row.get("init"):
+        return "init"
+    if len(row.get("tasks", [])) > 1:
+        return "joint"
+    return "single"
 
-    A run trained on several tasks contributes one row entry per task.
+
+def results_table(rows: list[dict], split: str = "test") -> str:
+    """Return a Markdown table: one row per (task, method, setting, shots), the task metric as mean ± std over seeds.
+
+    A run trained on several tasks contributes one entry per task.
     """
     groups: dict[tuple, list[float]] = defaultdict(list)
     metrics: dict[tuple, str] = {}
@@ -38,19 +49,18 @@ def results_table(rows: list[dict], split: str = "test") -> str:
         for task, entry in row.get("per_task", {}).items():
             if split not in entry:
                 continue
-            key = (task, row["method"], row.get("shots", "-"))
+            key = (task, row["method"], run_setting(row), row.get("shots", "-"))
             groups[key].append(float(entry[split][entry["metric"]]))
             metrics[key] = entry["metric"]
 
     lines = [
-        f"| task | method | shots | metric | {split} | seeds |",
-        "|---|---|---|---|---|---|",
+        f"| task | method | setting | shots | metric | {split} | seeds |",
+        "|---|---|---|---|---|---|---|",
     ]
     for key in sorted(groups, key=lambda item: tuple(str(part) for part in item)):
         values = groups[key]
         spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
-        task, method, shots = key
-        lines.append(
-            f"| {task} | {method} | {shots} | {metrics[key]} | {statistics.mean(values):.2f}{spread} | {len(values)} |"
-        )
+        task, method, setting, shots = key
+        mean = statistics.mean(values)
+        lines.append(f"| {task} | {method} | {setting} | {shots} | {metrics[key]} | {mean:.2f}{spread} | {len(values)} |")
     return "\n".join(lines)

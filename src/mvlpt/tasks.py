@@ -1,10 +1,11 @@
 """Classification tasks: class names, prompt templates, splits and image loading.
 
-A task is a labelled image set with fixed "train" and "test" splits (and an
-optional "val" split). Few-shot training draws from "train", and evaluation
-uses "test". Two on-disk formats are supported: an image folder tree
-(`load_image_folder`) and a CSV manifest (`load_csv_manifest`). Built-in tasks
-live in `mvlpt.builtin`.
+A task is a labelled image set with fixed "train" and "test" splits, and
+optional "val" and "pretrain" splits. Few-shot training draws from "train", and
+evaluation uses "test". "pretrain" contains images for pretraining a backbone,
+kept apart from the other splits. Two on-disk formats are supported: an image
+folder tree (`load_image_folder`) and a CSV manifest (`load_csv_manifest`).
+Built-in tasks live in `mvlpt.builtin`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from PIL import Image, ImageOps
 logger = logging.getLogger(__name__)
 
 METRICS = ("accuracy", "mean_per_class_accuracy")
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "pretrain")
+# Image folders read only these split folders, so a pretrain/ folder is ignored there.
+FOLDER_SPLITS = ("train", "val", "test")
 REQUIRED_SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
@@ -273,7 +276,7 @@ def load_image_folder(
     folder_to_label = {folder.name: label for label, folder in enumerate(class_folders)}
 
     splits: dict[str, list[Sample]] = {}
-    for split_name in SPLITS:
+    for split_name in FOLDER_SPLITS:
         split_dir = root / split_name
         if not split_dir.is_dir():
             continue
@@ -328,7 +331,7 @@ def load_csv_manifest(
     """Load a task from a CSV manifest with the columns path, label and split.
 
     `path` is an image file relative to the CSV's folder (absolute paths are
-    allowed), `label` a class name, and `split` one of train, val or test.
+    allowed), `label` a class name, and `split` one of train, val, test or pretrain.
     Class order is the sorted set of train labels, unless a sidecar file
     `<csv stem>.classes.txt` (one class name per line) sits next to the CSV.
     The sidecar then fixes both order and membership. Error messages give the
@@ -456,12 +459,26 @@ def _read_class_list(sidecar: Path) -> list[str]:
 
 
 def _warn_on_split_overlap(csv_path: Path, splits: dict[str, list[Sample]]) -> None:
-    test_keys = {sample.key for sample in splits.get("test", [])}
-    for split_name in ("train", "val"):
-        overlap = test_keys.intersection(sample.key for sample in splits.get(split_name, []))
+    keys = {split_name: {sample.key for sample in samples} for split_name, samples in splits.items()}
+    test_keys = keys.get("test", set())
+    for split_name in ("train", "val", "pretrain"):
+        overlap = test_keys & keys.get(split_name, set())
         if overlap:
             logger.warning(
                 "%s: %d image(s) appear in both '%s' and 'test' (e.g. %s), so test accuracy is optimistic",
+                csv_path,
+                len(overlap),
+                split_name,
+                sorted(overlap)[0],
+            )
+
+    pretrain_keys = keys.get("pretrain", set())
+    for split_name in ("train", "val"):
+        overlap = pretrain_keys & keys.get(split_name, set())
+        if overlap:
+            logger.warning(
+                "%s: %d image(s) appear in both 'pretrain' and '%s' (e.g. %s), so the few-shot images "
+                "are not new to a backbone pretrained on this task",
                 csv_path,
                 len(overlap),
                 split_name,

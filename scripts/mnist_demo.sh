@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
-# The main job: CoOp, VPT and UPT prompts trained few-shot on real MNIST digits,
-# compared with zero-shot CLIP on the same 2,000 held-out test images.
+# CoOp, VPT and UPT prompts trained few-shot on real MNIST digits, compared
+# with zero-shot CLIP on the same 2,000 held-out test images.
 #
-# Environment overrides: OUT (run folder), SHOTS, SEED, EPOCHS, MODEL, PRETRAINED.
+# Environment overrides: PYTHON, OUT (run folder; one per model by default),
+# SHOTS, SEED, EPOCHS, MODEL, PRETRAINED.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-OUT="${OUT:-runs/mnist-demo}"
+PYTHON="${PYTHON:-python3}"
 SHOTS="${SHOTS:-5}"
 SEED="${SEED:-1}"
 EPOCHS="${EPOCHS:-30}"
 MODEL="${MODEL:-mvlpt:mini-vit-32}"
-PRETRAINED="${PRETRAINED:-null}"
+PRETRAINED="${PRETRAINED:-offline}"
+OUT="${OUT:-runs/mnist-demo/$(echo "$MODEL-$PRETRAINED" | tr -c 'A-Za-z0-9._-' '_')}"
+mvlpt() { "$PYTHON" -m mvlpt "$@"; }
 
 common=(--task mnist --model "$MODEL" --pretrained "$PRETRAINED")
 
 echo "== zero-shot CLIP"
-mvlpt zero-shot "${common[@]}" --output-dir "$OUT/zero-shot"
+if [ ! -f "$OUT/zero-shot/results.json" ]; then
+    mvlpt zero-shot "${common[@]}" --output-dir "$OUT/zero-shot"
+fi
 
 for method in coop vpt upt; do
     echo "== $method, $SHOTS shots, seed $SEED, $EPOCHS epochs"

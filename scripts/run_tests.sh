@@ -3,7 +3,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-python3 -m pytest "$@"
+"${PYTHON:-python3}" -m pytest "$@"
 status=$?
 if [ "$status" -eq 5 ]; then
     echo "run_tests: pytest collected no tests; failing" >&2

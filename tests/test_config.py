@@ -248,7 +248,12 @@ def test_validate_for_accepts_task():
 
 
 def test_validate_for_other_command_skips_task():
-    RunConfig().validate_for("zero-shot")
+    RunConfig().validate_for("summarize")
+
+
+def test_validate_for_zero_shot_needs_task():
+    with pytest.raises(ConfigError, match=r"data\.tasks"):
+        RunConfig().validate_for("zero-shot")
 
 
 def test_validate_for_rechecks_mutated_field():

@@ -185,3 +185,120 @@ def test_model_selection_last_uses_final_prompt(colour_task, tiny_config_path, t
     assert main(run_args(colour_task, tiny_config_path, out, "coop", "train.model_selection=last")) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["selected_epoch"] == 2
+
+
+def test_zero_shot_keeps_existing_results(colour_task, tiny_config_path, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(run_args(colour_task, tiny_config_path, out, "coop")) == 0
+    before = (out / "results.json").read_text()
+    args = ["zero-shot", "--task", str(colour_task), "--model", tiny_config_path, "--pretrained", "null"]
+    assert main([*args, "--output-dir", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == before
+
+
+def test_failed_overwrite_keeps_earlier_run(colour_task, tiny_config_path, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(run_args(colour_task, tiny_config_path, out, "coop")) == 0
+    before = {name: (out / name).read_text() for name in ("results.json", "metrics.jsonl", "config.yaml")}
+    missing_task = tmp_path / "no-such-task"
+    args = run_args(missing_task, tiny_config_path, out, "coop", "--overwrite")
+    assert main(args) == 2
+    for name, text in before.items():
+        assert (out / name).read_text() == text, name
+    assert (out / "prompt" / "prompt.json").exists()
+
+
+def test_failed_start_does_not_block_rerun(colour_task, tiny_config_path, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(run_args(colour_task, tiny_config_path, out, "coop", "prompt.coop.n_ctx=80")) == 2
+    assert "context vectors" in capsys.readouterr().err
+    assert not (out / "config.yaml").exists()
+    assert main(run_args(colour_task, tiny_config_path, out, "coop")) == 0
+
+
+def test_resume_does_not_repeat_epoch_lines(colour_task, tiny_config_path, tmp_path, monkeypatch):
+    import mvlpt.training as training
+
+    out = tmp_path / "run"
+    original = training._save_state
+    calls = {"count": 0}
+
+    def interrupt_second_save(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_save_state", interrupt_second_save)
+    assert main(run_args(colour_task, tiny_config_path, out, "coop", "train.epochs=3")) == 130
+    monkeypatch.setattr(training, "_save_state", original)
+    assert main(run_args(colour_task, tiny_config_path, out, "coop", "train.epochs=3")) == 0
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+def test_run_directory_lock_rejects_second_process(tmp_path):
+    import os
+
+    from mvlpt.rundir import RunLock
+    from mvlpt.runtime import RunError
+
+    with RunLock(tmp_path):
+        assert (tmp_path / "run.lock").read_text() == str(os.getpid())
+        with pytest.raises(RunError, match="in use"):
+            with RunLock(tmp_path):
+                pass
+    assert not (tmp_path / "run.lock").exists()
+
+
+def test_stale_lock_is_taken_over(tmp_path):
+    from mvlpt.rundir import RunLock
+
+    (tmp_path / "run.lock").write_text("999999999")
+    with RunLock(tmp_path):
+        pass
+    assert not (tmp_path / "run.lock").exists()
+
+
+def test_evaluate_rejects_other_prompt_settings(colour_task, tiny_config_path, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(run_args(colour_task, tiny_config_path, out, "coop")) == 0
+    capsys.readouterr()
+    status = main(["evaluate", "--checkpoint", str(out / "prompt"), "prompt.coop.class_token_position=front"])
+    assert status == 2
+    assert "class_token_position" in capsys.readouterr().err
+
+
+def test_evaluate_matches_training_default_precision(colour_task, tiny_config_path, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [item for item in run_args(colour_task, tiny_config_path, out, "coop") if item != "train.precision=fp32"]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out / "prompt")]) == 0
+    expected = results["per_task"]["colours"]["test"]
+    printed = capsys.readouterr().out
+    assert f"accuracy {expected['accuracy']:.2f} (mean_per_class_accuracy {expected['mean_per_class_accuracy']:.2f})" in printed
+
+
+def test_output_dir_inside_file_is_user_error(colour_task, tiny_config_path, tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    assert main(run_args(colour_task, tiny_config_path, blocker / "run", "coop")) == 2
+    assert "file.txt" in capsys.readouterr().err
+
+
+def test_relative_task_path_stored_absolute(colour_task, tiny_config_path, tmp_path, monkeypatch):
+    from mvlpt.config import load_config
+
+    monkeypatch.chdir(colour_task.parent)
+    out = tmp_path / "run"
+    assert main(run_args(colour_task.name, tiny_config_path, out, "coop")) == 0
+    assert load_config(out / "config.yaml").data.tasks == [str(colour_task.resolve())]
+
+
+def test_summarize_skips_foreign_results(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "results.json").write_text("[]")
+    assert main(["summarize", str(tmp_path)]) == 1

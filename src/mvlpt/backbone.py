@@ -50,6 +50,36 @@ def _bundled_config_path(model: str) -> Path:
     return Path(str(resources.files("mvlpt") / "configs" / f"{name}.json"))
 
 
+# The offline CLIP that `mvlpt pretrain` writes for the bundled mvlpt:mini-vit-32 configuration.
+OFFLINE_TAG = "offline"
+OFFLINE_MODEL = "mvlpt:mini-vit-32"
+
+
+def offline_checkpoint() -> Path:
+    """Weights file of the offline CLIP: <data root>/models/offline-clip/open_clip_model.safetensors."""
+    from .builtin import data_root
+
+    return data_root() / "models" / "offline-clip" / "open_clip_model.safetensors"
+
+
+def _resolve_pretrained(model: str, pretrained: str | None) -> str | None:
+    """Map the tag "offline" of mvlpt:mini-vit-32 to the weights file that `mvlpt pretrain` writes."""
+    if pretrained != OFFLINE_TAG or not model.startswith(BUNDLED_PREFIX):
+        return pretrained
+    if model != OFFLINE_MODEL:
+        raise BackboneError(
+            f"the pretrained tag {OFFLINE_TAG!r} exists only for {OFFLINE_MODEL}, not {model!r}; "
+            f"use backbone.model={OFFLINE_MODEL} or a checkpoint file"
+        )
+    path = offline_checkpoint()
+    if not path.is_file():
+        raise BackboneError(
+            f"the offline CLIP weights {path} are missing; create them with `make pretrained` "
+            f"(or `mvlpt pretrain`), which takes about 15 minutes on two CPU cores"
+        )
+    return str(path)
+
+
 def _is_json_config(model: str) -> bool:
     return model.endswith(".json") and not model.startswith(("hf-hub:", "local-dir:"))
 
@@ -95,9 +125,10 @@ def _build_from_json(path: Path, pretrained: str | None) -> tuple[nn.Module, Any
             )
         try:
             open_clip.load_checkpoint(model, str(checkpoint), strict=True)
-        except RuntimeError as error:
+        except Exception as error:  # unreadable files and mismatched weights surface as many exception types
             raise BackboneError(
-                f"checkpoint {pretrained!r} does not fit model configuration {str(path)!r}: {error}"
+                f"checkpoint {pretrained!r} could not be loaded into model configuration {str(path)!r} "
+                f"({type(error).__name__}: {error}); pass weights saved from this configuration"
             ) from error
 
     text_cfg = model_cfg["text_cfg"]
@@ -203,7 +234,8 @@ class FrozenCLIP(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
             if model.startswith(BUNDLED_PREFIX):
-                clip, tokenizer, preprocess, preprocess_cfg = _build_from_json(_bundled_config_path(model), pretrained)
+                weights = _resolve_pretrained(model, pretrained)
+                clip, tokenizer, preprocess, preprocess_cfg = _build_from_json(_bundled_config_path(model), weights)
             elif _is_json_config(model):
                 clip, tokenizer, preprocess, preprocess_cfg = _build_from_json(Path(model), pretrained)
             else:
@@ -376,7 +408,14 @@ class FrozenCLIP(nn.Module):
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Unnormalised features of plain texts, through the same path as prompted text."""
-        token_ids = self.trim_token_ids(self.tokenize(texts)).to(self.device)
+        token_ids = self.tokenize(texts)
+        cut = [text for text, last in zip(texts, token_ids[:, -1].tolist()) if last != 0]
+        if cut:
+            logger.warning(
+                "%d text(s) are longer than the text context of %d tokens and were cut, for example %r",
+                len(cut), token_ids.shape[1], cut[0][:80],
+            )
+        token_ids = self.trim_token_ids(token_ids).to(self.device)
         return self.encode_text_embeddings(self.token_embeddings(token_ids), token_ids)
 
     # Image path -----------------------------------------------------------------------------

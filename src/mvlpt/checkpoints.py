@@ -112,6 +112,7 @@ def save_prompt_checkpoint(directory: str | Path, state_dict: Mapping[str, torch
     temporary_metadata = directory / f".{METADATA_FILE}.{token}.tmp"
     try:
         safetensors.torch.save_file(tensors, str(temporary_tensors))
+        os.chmod(temporary_tensors, 0o644)
         _fsync_file(temporary_tensors)
         document["safetensors_sha256"] = _sha256(temporary_tensors)
 

@@ -141,15 +141,23 @@ def _config_base_for_checkpoint(path: Path, metadata: dict) -> dict:
 
 
 def cmd_zero_shot(args: argparse.Namespace) -> int:
-    from .training import write_json_atomic, zero_shot
+    from .rundir import write_json_atomic
+    from .runtime import RunError
+    from .training import zero_shot
 
     config = _build_config(args, ZERO_SHOT_FLAGS)
     config.validate_for("zero-shot")
+    results_path = Path(config.output_dir) / "results.json" if args.output_dir else None
+    if results_path is not None and results_path.exists() and not args.overwrite:
+        raise RunError(
+            f"{results_path} already exists; pass --overwrite to replace it, or choose another --output-dir"
+        )
+
     results = zero_shot(config, split_name=args.split)
     _print_results(results, args.split)
-    if args.output_dir:
-        write_json_atomic(Path(config.output_dir) / "results.json", results)
-        print(f"results written to {Path(config.output_dir) / 'results.json'}")
+    if results_path is not None:
+        write_json_atomic(results_path, results)
+        print(f"results written to {results_path}")
     return 0
 
 
@@ -193,6 +201,35 @@ def _pipeline_epilog() -> str:
     for name, type_name, default, help_text in fields_help(PipelineConfig):
         lines.append(f"  {name} ({type_name}, default {default}): {help_text}")
     return "\n".join(lines)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .builtin import BUILTIN_TASKS, load_builtin
+    from .pretrain import PretrainConfig, format_report, pretrain, zero_shot_report
+    from .rundir import write_json_atomic
+    from .tasks import TaskError
+
+    config = PretrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        warmup_steps=min(args.warmup_steps, args.steps - 1),
+        seed=args.seed,
+        output=args.output,
+        tasks=args.task or [],
+    )
+    folder = pretrain(config)
+    print(f"pretrained model written to {folder}")
+
+    tasks = []
+    for name in BUILTIN_TASKS:
+        try:
+            tasks.append(load_builtin(name))
+        except TaskError as error:
+            print(f"skipping zero-shot evaluation of {name}: {error}", file=sys.stderr)
+    report = zero_shot_report(folder, tasks)
+    write_json_atomic(folder / "zero_shot.json", report)
+    print(format_report(report))
+    return 0
 
 
 def cmd_data_list(args: argparse.Namespace) -> int:
@@ -249,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=formatter,
     )
     evaluate.add_argument("--checkpoint", required=True, metavar="DIR", help="prompt checkpoint directory")
-    evaluate.add_argument("--split", default="test", help="task split to evaluate (default test)")
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"], help="task split to evaluate (default test)")
     _add_run_options(evaluate, EVAL_FLAGS)
     evaluate.set_defaults(handler=cmd_evaluate)
 
@@ -260,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=epilog,
         formatter_class=formatter,
     )
-    zero.add_argument("--split", default="test", help="task split to evaluate (default test)")
+    zero.add_argument("--split", default="test", choices=["train", "val", "test"], help="task split to evaluate (default test)")
+    zero.add_argument("--overwrite", action="store_true", help="replace results.json in --output-dir if it exists")
     _add_run_options(zero, ZERO_SHOT_FLAGS)
     zero.set_defaults(handler=cmd_zero_shot)
 
@@ -299,6 +337,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pipeline.set_defaults(handler=cmd_pipeline)
 
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="pretrain the small offline CLIP on the built-in tasks' pretrain splits",
+        description="Pretrain mvlpt:mini-vit-32 contrastively on captions made from class names and templates, "
+        "using only the pretrain splits (disjoint from every test split and few-shot pool), then report its "
+        "zero-shot accuracy on every built-in task. Use the result with --model mvlpt:mini-vit-32 --pretrained offline.",
+    )
+    pretrain.add_argument("--steps", type=int, default=1500, help="optimiser steps (default 1500)")
+    pretrain.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
+    pretrain.add_argument(
+        "--warmup-steps", type=int, default=100, help="steps of linear learning-rate warm-up (default 100)"
+    )
+    pretrain.add_argument("--seed", type=int, default=0, help="seed of initialisation and batches (default 0)")
+    pretrain.add_argument("--task", action="append", help="built-in task to pretrain on; repeat; default all with a pretrain split")
+    pretrain.add_argument("--output", metavar="DIR", help="output folder (default <data root>/models/offline-clip)")
+    pretrain.set_defaults(handler=cmd_pretrain)
+
     data = commands.add_parser("data", help="built-in tasks")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     data_list = data_commands.add_parser("list", help="list the built-in tasks and whether their data is installed")
@@ -334,8 +389,15 @@ def main(argv: list[str] | None = None) -> int:
     except (BackboneError, CheckpointError, ConfigError, TaskError, ImageLoadError, RunError, ValueError) as error:
         print(f"mvlpt: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        # Unwritable or misplaced output paths, full disks and the like: the message names the path.
+        print(f"mvlpt: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("mvlpt: interrupted; rerun the same command to resume", file=sys.stderr)
+        if args.command in ("train", "pipeline"):
+            print("mvlpt: interrupted; rerun the same command to resume", file=sys.stderr)
+        else:
+            print("mvlpt: interrupted", file=sys.stderr)
         return 130
 
 

@@ -37,7 +37,7 @@ UPT_ATTENTIONS = ("per_token", "joint")
 MODEL_SELECTIONS = ("best_val", "last")
 PRECISIONS = ("auto", "bf16", "fp32")
 TASK_TEMPLATES = "task"
-COMMANDS_NEEDING_TASK = ("train", "evaluate")
+COMMANDS_NEEDING_TASK = ("train", "evaluate", "zero-shot")
 SAMPLINGS = ("proportional", "balanced")
 LABEL_SPACES = ("union", "task")
 

@@ -96,7 +96,13 @@ def num_validation_shots(shots: int) -> int:
     return (shots + 4) // 5
 
 
-def sample_few_shot(samples: Sequence[Sample], num_classes: int, shots: int, seed: int) -> FewShotSplit:
+def sample_few_shot(
+    samples: Sequence[Sample],
+    num_classes: int,
+    shots: int,
+    seed: int,
+    classnames: Sequence[str] | None = None,
+) -> FewShotSplit:
     """Choose `shots` images per class from `samples` and split them into train and val.
 
     The result depends only on the multiset of samples, `shots` and `seed`.
@@ -113,7 +119,8 @@ def sample_few_shot(samples: Sequence[Sample], num_classes: int, shots: int, see
     K = 6 gives 2 and 4, and K = 20 gives 4 and 16.
 
     Raises ValueError if `shots` < 1, if a label is outside 0..num_classes-1,
-    or if a class has fewer than K candidates.
+    or if a class has fewer than K candidates; `classnames`, when given, name
+    the class in that message.
 
     NOTE: numpy does not promise the same random stream across releases, so
     the split file written with a run is the record, not the seed.
@@ -133,13 +140,16 @@ def sample_few_shot(samples: Sequence[Sample], num_classes: int, shots: int, see
             )
         candidates_by_class[sample.label].append(sample)
 
-    for label, candidates in enumerate(candidates_by_class):
-        if len(candidates) < shots:
-            raise ValueError(
-                f"class {label} has {len(candidates)} training image(s) but {shots} shots were "
-                f"requested; lower shots to at most {min(len(c) for c in candidates_by_class)} "
-                "or add images to that class"
-            )
+    short = [label for label, candidates in enumerate(candidates_by_class) if len(candidates) < shots]
+    if short:
+        label = short[0]
+        name = f"class {classnames[label]!r}" if classnames is not None else f"class {label}"
+        smallest = min(len(candidates) for candidates in candidates_by_class)
+        raise ValueError(
+            f"{name} has {len(candidates_by_class[label])} training image(s) but {shots} shots were requested "
+            f"({len(short)} class(es) have too few); the smallest class has {smallest} image(s), so lower shots "
+            f"to at most {smallest} or add images"
+        )
 
     rng = np.random.default_rng(seed)
     num_val = num_validation_shots(shots)

@@ -39,6 +39,7 @@ def save_torch_atomic(path: Path, data: Any) -> None:
     os.close(handle)
     try:
         torch.save(data, temporary)
+        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -56,18 +57,27 @@ def fewshot_path(run_dir: Path, task_name: str) -> Path:
     return run_dir / FEWSHOT_DIR / f"{safe}.json"
 
 
+# Settings that change where or how fast a run executes, not what it computes.
+IGNORED_KEYS = ("output_dir", "train.device", "train.eval_batch_size", "data.num_workers")
+
+
 def check_config_matches(config: RunConfig, run_dir: Path) -> None:
-    """Raise RunError when ``run_dir`` was written by a different configuration."""
+    """Raise RunError when ``run_dir`` was written by a configuration that computes something else.
+
+    Keys in IGNORED_KEYS may differ, so a run directory can be moved, or
+    resumed on another device.
+    """
     path = run_dir / "config.yaml"
     if not path.exists():
         return
     previous = load_config(path).to_dict()
     current = config.to_dict()
-    if previous != current:
-        differing = differing_keys(previous, current)
+    differing = [key for key in differing_keys(previous, current) if key not in IGNORED_KEYS]
+    if differing:
+        shown = ", ".join(differing[:5])
         raise RunError(
-            f"{run_dir} was written by a different configuration ({', '.join(differing[:5])} differ); "
-            f"use another output_dir, or pass --overwrite to start this run afresh there"
+            f"{run_dir} was written by a run with other settings (these keys differ: {shown}); "
+            f"use another output_dir, or pass --overwrite to replace that run"
         )
 
 
@@ -90,3 +100,56 @@ def clear_run(run_dir: Path) -> None:
     if fewshot.is_dir():
         for file in fewshot.glob("*.json"):
             file.unlink()
+    prompt = run_dir / "prompt"
+    for name in ("prompt.json", "prompt.safetensors"):
+        (prompt / name).unlink(missing_ok=True)
+
+
+class RunLock:
+    """An exclusive lock file in a run directory, so two processes never train the same run at once."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "run.lock"
+
+    def __enter__(self) -> "RunLock":
+        try:
+            handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = self.path.read_text().strip() or "unknown"
+            if owner.isdigit() and not _process_alive(int(owner)):
+                # The process that held the lock has ended without removing it.
+                self.path.unlink(missing_ok=True)
+                return self.__enter__()
+            raise RunError(
+                f"{self.path.parent} is in use by another mvlpt process (pid {owner}); wait for it to finish, "
+                f"or delete {self.path} if no such process runs"
+            ) from None
+        with os.fdopen(handle, "w") as stream:
+            stream.write(str(os.getpid()))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def truncate_jsonl(path: Path, records: int) -> None:
+    """Keep only the first ``records`` lines of a JSON-lines file, dropping lines of unfinished epochs."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    if len(lines) > records:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(handle, "w") as stream:
+            stream.writelines(lines[:records])
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)

@@ -19,8 +19,11 @@ def collect_results(paths: list[Path]) -> list[dict]:
         for file in files:
             try:
                 row = json.loads(file.read_text())
-            except (OSError, json.JSONDecodeError) as error:
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
                 logger.warning("skipping unreadable results file %s: %s", file, error)
+                continue
+            if not isinstance(row, dict) or not isinstance(row.get("per_task"), dict):
+                logger.warning("skipping %s: it is not an mvlpt results file", file)
                 continue
             row["run_dir"] = str(file.parent)
             rows.append(row)
@@ -39,7 +42,7 @@ def run_setting(row: dict) -> str:
 
 
 def results_table(rows: list[dict], split: str = "test") -> str:
-    """Return a Markdown table: one row per (task, method, setting, shots), the task metric as mean ± std over seeds.
+    """Return a Markdown table: one row per (task, method, setting, shots, backbone), the task metric as mean ± std over seeds.
 
     A run trained on several tasks contributes one entry per task.
     """
@@ -49,18 +52,22 @@ def results_table(rows: list[dict], split: str = "test") -> str:
         for task, entry in row.get("per_task", {}).items():
             if split not in entry:
                 continue
-            key = (task, row["method"], run_setting(row), row.get("shots", "-"))
+            backbone = row.get("backbone") or {}
+            model = f"{backbone.get('model', '?')} ({backbone.get('pretrained')})"
+            key = (task, row["method"], run_setting(row), row.get("shots", "-"), model)
             groups[key].append(float(entry[split][entry["metric"]]))
             metrics[key] = entry["metric"]
 
     lines = [
-        f"| task | method | setting | shots | metric | {split} | seeds |",
-        "|---|---|---|---|---|---|---|",
+        f"| task | method | setting | shots | backbone | metric | {split} | seeds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for key in sorted(groups, key=lambda item: tuple(str(part) for part in item)):
         values = groups[key]
         spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
-        task, method, setting, shots = key
+        task, method, setting, shots, model = key
         mean = statistics.mean(values)
-        lines.append(f"| {task} | {method} | {setting} | {shots} | {metrics[key]} | {mean:.2f}{spread} | {len(values)} |")
+        lines.append(
+            f"| {task} | {method} | {setting} | {shots} | {model} | {metrics[key]} | {mean:.2f}{spread} | {len(values)} |"
+        )
     return "\n".join(lines)

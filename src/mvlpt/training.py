@@ -41,11 +41,13 @@ from .fewshot import FewShotSplit, read_split, sample_few_shot, write_split
 from .model import PromptedCLIP, build_prompt_learner, vpt_templates
 from .multitask import LabelSpace, MultitaskSampler, classification_loss, task_restricted_logits
 from .rundir import (
+    RunLock,
     append_jsonl,
     check_config_matches,
     clear_run,
     fewshot_path,
     save_torch_atomic,
+    truncate_jsonl,
     write_json_atomic,
 )
 from .runtime import RunError, autocast_context, resolve_autocast_dtype, resolve_device, seed_everything
@@ -62,6 +64,20 @@ __all__ = ["RunError", "evaluate_checkpoint", "learning_rate", "train", "zero_sh
 def load_tasks(config: RunConfig) -> list[Task]:
     root = Path(config.data.root) if config.data.root else None
     return [resolve_task(spec, root) for spec in config.data.tasks]
+
+
+def absolute_task_paths(config: RunConfig) -> None:
+    """Replace task specs that name existing files or folders by absolute paths, in place.
+
+    The run's config.yaml then still finds its tasks when ``mvlpt evaluate``
+    runs from another working directory.
+    """
+    from .builtin import BUILTIN_TASKS
+
+    config.data.tasks = [
+        spec if spec in BUILTIN_TASKS or not Path(spec).exists() else str(Path(spec).resolve())
+        for spec in config.data.tasks
+    ]
 
 
 def train_transform(backbone: FrozenCLIP) -> transforms.Compose:
@@ -83,7 +99,10 @@ def choose_few_shot(config: RunConfig, task: Task, run_dir: Path) -> FewShotSpli
     """Return the task's few-shot split: the one already in the run directory, or a new seeded draw."""
     path = fewshot_path(run_dir, task.name)
     if not path.exists():
-        split = sample_few_shot(task.splits["train"], task.num_classes, config.data.shots, config.seed)
+        try:
+            split = sample_few_shot(task.splits["train"], task.num_classes, config.data.shots, config.seed, task.classnames)
+        except ValueError as error:
+            raise RunError(f"task {task.name}: {error}") from error
         path.parent.mkdir(parents=True, exist_ok=True)
         write_split(split, path)
         return split
@@ -296,6 +315,7 @@ class TrainingState:
     best_score: float = -math.inf
     best_epoch: int = -1
     best_prompt: dict[str, torch.Tensor] = field(default_factory=dict)
+    elapsed_s: float = 0.0
 
 
 def _open_tensorboard(run_dir: Path):
@@ -310,26 +330,42 @@ def train(config: RunConfig, overwrite: bool = False) -> dict:
     """Train a prompt on the few-shot splits of ``config.data.tasks`` and evaluate it; return the results.
 
     A run whose ``results.json`` exists is not repeated: its results are
-    returned. An interrupted run continues from ``train_state.pt``.
+    returned. An interrupted run continues from ``train_state.pt``. Nothing in
+    the run directory changes until the tasks, backbone and prompt have been
+    built, so a run that fails its checks leaves an earlier run intact.
     """
     config.validate_for("train")
+    absolute_task_paths(config)
     run_dir = Path(config.output_dir)
+    if not overwrite:
+        check_config_matches(config, run_dir)
+        results_path = run_dir / "results.json"
+        if results_path.exists():
+            logger.info("%s already contains finished results; skipping the run", run_dir)
+            return json.loads(results_path.read_text())
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        clear_run(run_dir)
-    check_config_matches(config, run_dir)
+    with RunLock(run_dir):
+        return _train_locked(config, run_dir, overwrite)
 
-    results_path = run_dir / "results.json"
-    if results_path.exists():
-        logger.info("%s already contains finished results; skipping the run", run_dir)
-        return json.loads(results_path.read_text())
 
-    dump_config(config, run_dir / "config.yaml")
+def _train_locked(config: RunConfig, run_dir: Path, overwrite: bool) -> dict:
     started = time.perf_counter()
     seed_everything(config.seed)
 
     tasks = load_tasks(config)
     label_space = LabelSpace.from_tasks(tasks)
+    device = resolve_device(config.train.device)
+    autocast_dtype = resolve_autocast_dtype(config.train.precision, device)
+    backbone = load_backbone(config.backbone.model, config.backbone.pretrained, config.backbone.cache_dir).to(device)
+    model = build_model(config, backbone, list(label_space.classnames), task_templates(tasks)).to(device)
+    if config.init:
+        initialise_from(model, config, backbone)
+
+    # Every check has passed: from here on the run directory is written.
+    if overwrite:
+        clear_run(run_dir)
+    dump_config(config, run_dir / "config.yaml")
     few_shot = [choose_few_shot(config, task, run_dir) for task in tasks]
     for task, split in zip(tasks, few_shot):
         logger.info(
@@ -337,13 +373,6 @@ def train(config: RunConfig, overwrite: bool = False) -> dict:
             task.name, task.num_classes, len(split.train), len(split.val), split.shots, split.seed,
             len(task.splits["test"]),
         )
-
-    device = resolve_device(config.train.device)
-    autocast_dtype = resolve_autocast_dtype(config.train.precision, device)
-    backbone = load_backbone(config.backbone.model, config.backbone.pretrained, config.backbone.cache_dir).to(device)
-    model = build_model(config, backbone, list(label_space.classnames), task_templates(tasks)).to(device)
-    if config.init:
-        initialise_from(model, config, backbone)
 
     reuse_features = not model.learner.image_depends_on_prompt and not config.data.augment
     task_data = prepare_task_data(config, tasks, label_space, few_shot, backbone, reuse_features, autocast_dtype)
@@ -358,9 +387,14 @@ def train(config: RunConfig, overwrite: bool = False) -> dict:
     state_path = run_dir / "train_state.pt"
     if state_path.exists():
         state = _resume(state_path, model, optimizer)
-        logger.info("resuming %s after epoch %d", run_dir, state.epoch)
+        logger.info("resuming %s after epoch %d of %d", run_dir, state.epoch, config.train.epochs)
+    # Lines of an epoch whose state was not saved are dropped, so the epoch is not listed twice.
+    truncate_jsonl(run_dir / "metrics.jsonl", state.epoch)
+    elapsed_before = state.elapsed_s
 
-    state = _train_epochs(config, model, optimizer, task_data, label_space, tasks, state, run_dir, autocast_dtype)
+    state = _train_epochs(
+        config, model, optimizer, task_data, label_space, tasks, state, run_dir, autocast_dtype, started
+    )
 
     if config.train.model_selection == "best_val" and state.best_prompt:
         model.learner.load_state_dict(state.best_prompt)
@@ -376,6 +410,7 @@ def train(config: RunConfig, overwrite: bool = False) -> dict:
     results = {
         "tasks": [task.name for task in tasks],
         "method": config.prompt.method,
+        "backbone": {"model": config.backbone.model, "pretrained": config.backbone.pretrained},
         "shots": config.data.shots,
         "seed": config.seed,
         "init": config.init,
@@ -385,16 +420,16 @@ def train(config: RunConfig, overwrite: bool = False) -> dict:
         "model_selection": config.train.model_selection,
         **task_results(tasks, val, test),
         "trainable_parameters": model.learner.num_trainable_parameters(),
-        "wall_time_s": round(time.perf_counter() - started, 2),
+        "wall_time_s": round(elapsed_before + time.perf_counter() - started, 2),
         "mvlpt_version": __version__,
     }
-    write_json_atomic(results_path, results)
+    write_json_atomic(run_dir / "results.json", results)
     state_path.unlink(missing_ok=True)
     logger.info("%s finished: average test metric %.2f over %d task(s)", run_dir, results["average"]["test"], len(tasks))
     return results
 
 
-def _train_epochs(config, model, optimizer, task_data, label_space, tasks, state, run_dir, autocast_dtype):
+def _train_epochs(config, model, optimizer, task_data, label_space, tasks, state, run_dir, autocast_dtype, started):
     metrics_path = run_dir / "metrics.jsonl"
     writer = _open_tensorboard(run_dir)
     generator = torch.Generator()
@@ -411,8 +446,9 @@ def _train_epochs(config, model, optimizer, task_data, label_space, tasks, state
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        # Seeded per epoch, so a resumed run draws the same batches as an uninterrupted one.
+        # Batches and prompt dropout are seeded per epoch, so a resumed run repeats an uninterrupted one.
         generator.manual_seed(config.seed * 100_003 + epoch)
+        torch.manual_seed(config.seed * 100_019 + epoch)
         train_loss, train_accuracy = _train_epoch(model, task_data, label_space, optimizer, config, autocast_dtype, generator)
         record = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_accuracy": train_accuracy}
 
@@ -436,7 +472,7 @@ def _train_epochs(config, model, optimizer, task_data, label_space, tasks, state
         progress.set_postfix(loss=f"{train_loss:.3f}", val=f"{record.get('val_average', float('nan')):.1f}")
 
         state.epoch = epoch + 1
-        _save_state(run_dir / "train_state.pt", state, model, optimizer)
+        _save_state(run_dir / "train_state.pt", state, model, optimizer, time.perf_counter() - started)
 
     if writer is not None:
         writer.close()
@@ -509,7 +545,7 @@ def _to(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | Non
     return None if tensor is None else tensor.to(device)
 
 
-def _save_state(path: Path, state: TrainingState, model: PromptedCLIP, optimizer) -> None:
+def _save_state(path: Path, state: TrainingState, model: PromptedCLIP, optimizer, elapsed_s: float) -> None:
     save_torch_atomic(
         path,
         {
@@ -519,19 +555,26 @@ def _save_state(path: Path, state: TrainingState, model: PromptedCLIP, optimizer
             "best_prompt": state.best_prompt,
             "prompt": model.learner.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "elapsed_s": state.elapsed_s + elapsed_s,
         },
     )
 
 
 def _resume(path: Path, model: PromptedCLIP, optimizer) -> TrainingState:
-    saved = torch.load(path, map_location=model.backbone.device, weights_only=True)
-    model.learner.load_state_dict(saved["prompt"])
-    optimizer.load_state_dict(saved["optimizer"])
+    try:
+        saved = torch.load(path, map_location=model.backbone.device, weights_only=True)
+        model.learner.load_state_dict(saved["prompt"])
+        optimizer.load_state_dict(saved["optimizer"])
+    except (RuntimeError, KeyError, EOFError, ValueError) as error:
+        raise RunError(
+            f"cannot resume from {path}: {error}; delete that file to restart the run from its first epoch"
+        ) from error
     return TrainingState(
         epoch=saved["epoch"],
         best_score=saved["best_score"],
         best_epoch=saved["best_epoch"],
         best_prompt=saved["best_prompt"],
+        elapsed_s=saved.get("elapsed_s", 0.0),
     )
 
 
@@ -550,12 +593,37 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, config: RunConfig, split_nam
     check_compatible(
         checkpoint, method=config.prompt.method, backbone=backbone.identity, classnames=list(label_space.classnames)
     )
+    check_prompt_settings(checkpoint.metadata.get("prompt_config", {}), dataclasses.asdict(config.prompt.active()), checkpoint_dir)
     model = build_model(config, backbone, list(label_space.classnames), task_templates(tasks)).to(device)
     load_state_strict(model.learner, checkpoint.state_dict, source=str(checkpoint_dir))
 
-    task_data = prepare_task_data(config, tasks, label_space, None, backbone, False, autocast_dtype, (split_name,))
+    # Evaluate as training did: frozen image features when they do not depend on the prompt.
+    reuse_features = not model.learner.image_depends_on_prompt
+    task_data = prepare_task_data(
+        config, tasks, label_space, None, backbone, reuse_features, autocast_dtype, (split_name,)
+    )
     metrics = evaluate_tasks(model, task_data, split_name, config, autocast_dtype)
-    return _split_results(tasks, config.prompt.method, split_name, metrics)
+    return _split_results(tasks, config.prompt.method, split_name, metrics, config)
+
+
+# Prompt settings that only shape the starting values or training, so evaluation may differ in them.
+TRAINING_ONLY_SETTINGS = ("ctx_init", "n_ctx", "dropout")
+
+
+def check_prompt_settings(saved: dict, current: dict, source) -> None:
+    """Raise CheckpointError when the run's prompt settings compute something else than the checkpoint's."""
+    from .checkpoints import CheckpointError
+
+    differing = [
+        f"{key}: checkpoint {saved[key]!r}, run {current[key]!r}"
+        for key in sorted(set(saved) & set(current))
+        if key not in TRAINING_ONLY_SETTINGS and saved[key] != current[key]
+    ]
+    if differing:
+        raise CheckpointError(
+            f"checkpoint {source} was trained with other prompt settings ({'; '.join(differing)}); "
+            f"evaluate it with the checkpoint's settings"
+        )
 
 
 def zero_shot(config: RunConfig, split_name: str = "test") -> dict:
@@ -580,13 +648,14 @@ def zero_shot(config: RunConfig, split_name: str = "test") -> dict:
         )
         logits = zero_shot_logits(backbone, task.classnames, task.templates, features)
         metrics[task.name] = compute_metrics(logits, labels)
-    return _split_results(tasks, "zero-shot", split_name, metrics)
+    return _split_results(tasks, "zero-shot", split_name, metrics, config)
 
 
-def _split_results(tasks: list[Task], method: str, split_name: str, metrics: dict) -> dict:
+def _split_results(tasks: list[Task], method: str, split_name: str, metrics: dict, config: RunConfig) -> dict:
     return {
         "tasks": [task.name for task in tasks],
         "method": method,
+        "backbone": {"model": config.backbone.model, "pretrained": config.backbone.pretrained},
         "split": split_name,
         "per_task": {task.name: {"metric": task.metric, split_name: metrics[task.name]} for task in tasks},
         "average": {split_name: average_task_metric(metrics, tasks)},

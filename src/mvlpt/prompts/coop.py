@@ -51,25 +51,30 @@ class ClassPromptLayout(nn.Module):
         placeholder = " ".join(["X"] * n_ctx)
         texts = [f"{placeholder} {name}." for name in self.classnames]
         token_ids = backbone.tokenize(texts)
-        self._check_fits(token_ids, texts)
+        name_lengths = torch.tensor([backbone.count_tokens(name) for name in self.classnames])
+        self._check_fits(token_ids, name_lengths, n_ctx)
         token_ids = backbone.trim_token_ids(token_ids)
 
-        name_lengths = torch.tensor([backbone.count_tokens(name) for name in self.classnames])
         self.register_buffer("token_ids", token_ids, persistent=False)
         self.register_buffer("token_embeddings", backbone.token_embeddings(token_ids).float(), persistent=False)
         self.register_buffer("name_lengths", name_lengths, persistent=False)
         self.register_buffer("source_index", self._source_index(token_ids.shape[1], name_lengths), persistent=False)
 
-    @staticmethod
-    def _check_fits(token_ids: torch.Tensor, texts: list[str]) -> None:
-        # A prompt cut by the tokenizer has no end-of-text token in its last column.
-        last = token_ids[:, -1]
-        too_long = [text for text, token in zip(texts, last.tolist()) if token != 0]
-        if too_long:
-            raise ValueError(
-                f"{len(too_long)} class prompt(s) do not fit the text context length {token_ids.shape[1]}, "
-                f"for example {too_long[0]!r}; use fewer context vectors or shorter class names"
-            )
+    def _check_fits(self, token_ids: torch.Tensor, name_lengths: torch.Tensor, n_ctx: int) -> None:
+        # A prompt cut by the tokenizer has no padding in its last column. Besides the context and
+        # the name, a prompt needs the start token, the final "." and the end token.
+        context_length = token_ids.shape[1]
+        too_long = [index for index, token in enumerate(token_ids[:, -1].tolist()) if token != 0]
+        if not too_long:
+            return
+        longest = int(name_lengths.max())
+        most_ctx = context_length - longest - 3
+        name = self.classnames[too_long[0]]
+        fix = f"use at most {most_ctx} context vectors" if most_ctx >= 1 else "shorten the class names"
+        raise ValueError(
+            f"{len(too_long)} class prompt(s) with {n_ctx} context vectors do not fit the text context of "
+            f"{context_length} tokens, for example class {name[:60]!r} ({int(name_lengths[too_long[0]])} tokens); {fix}"
+        )
 
     def _source_index(self, length: int, name_lengths: torch.Tensor) -> torch.Tensor:
         """Index (C, L) into [token embeddings (L) ++ context (M)] for every output position."""

@@ -70,7 +70,7 @@ def encode_dataset(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     features, labels = [], []
     device = backbone.device
-    for images, batch_labels, _ in tqdm(loader, desc=description, leave=False, unit="batch"):
+    for images, batch_labels, _ in tqdm(loader, desc=description, leave=False, unit="batch", disable=None):
         with autocast_context(device, autocast_dtype):
             batch_features = backbone.encode_image(images.to(device))
         features.append(F.normalize(batch_features.float(), dim=-1).cpu())
@@ -109,7 +109,7 @@ def predict(
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     outputs, all_labels = [], []
-    for images, batch_labels, _ in tqdm(loader, desc=description, leave=False, unit="batch"):
+    for images, batch_labels, _ in tqdm(loader, desc=description, leave=False, unit="batch", disable=None):
         with autocast_context(device, autocast_dtype):
             outputs.append(model(images.to(device), class_indices=class_indices).float().cpu())
         all_labels.append(batch_labels)

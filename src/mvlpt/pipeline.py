@@ -674,7 +674,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
     logger.info("pipeline %s: %d runs, %d finished", output, total, sum(step.is_run and step.is_finished() for step in steps))
     count = 0
     stage = None
-    with tqdm(total=total, desc="pipeline", unit="run") as progress:
+    with tqdm(total=total, desc="pipeline", unit="run", disable=None) as progress:
         for step in steps:
             if (step.kind, step.method, step.shots) != stage:
                 stage = (step.kind, step.method, step.shots)

@@ -81,7 +81,7 @@ def default_output() -> Path:
 
 
 def pretrain_tasks(config: PretrainConfig) -> list[Task]:
-    """The built-in tasks to pretrain on: those named, or every built-in task with a pretrain split."""
+    """Return the built-in tasks to pretrain on: those named, or every built-in task with a pretrain split."""
     from .builtin import BUILTIN_TASKS
 
     names = config.tasks or list(BUILTIN_TASKS)
@@ -127,7 +127,7 @@ def _encode_pretrain_images(tasks: list[Task], preprocess) -> tuple[torch.Tensor
     for task in tasks:
         offset = len(captions)
         dataset = ImageDataset(task, task.splits["pretrain"], preprocess)
-        for index in tqdm(range(len(dataset)), desc=f"preparing {task.name} pretrain images", leave=False, unit="img"):
+        for index in tqdm(range(len(dataset)), desc=f"preparing {task.name} pretrain images", leave=False, unit="img", disable=None):
             image, label, _ = dataset[index]
             images.append(image)
             class_ids.append(offset + label)
@@ -164,7 +164,7 @@ def pretrain(config: PretrainConfig) -> Path:
     losses = []
 
     model.train()
-    progress = tqdm(range(config.steps), desc="pretraining", unit="step")
+    progress = tqdm(range(config.steps), desc="pretraining", unit="step", disable=None)
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, config)

@@ -440,6 +440,7 @@ def _train_epochs(config, model, optimizer, task_data, label_space, tasks, state
         unit="epoch",
         initial=state.epoch,
         total=config.train.epochs,
+        disable=None,
     )
     for epoch in progress:
         lr = learning_rate(epoch, config.train)

@@ -21,12 +21,19 @@ SHORTCUTS = {
         "repeat the option to train one prompt on several tasks",
     ),
     "method": ("prompt.method", "prompt method: coop, vpt or upt"),
-    "shots": ("data.shots", "training images per class (K)"),
+    "shots": ("data.shots", "few-shot images per class K, split into training and validation as docs/data.md says"),
     "seed": ("seed", "seed of the few-shot choice and of training"),
     "epochs": ("train.epochs", "training epochs"),
     "output_dir": ("output_dir", "run directory for the config, few-shot split, metrics, prompt and results"),
-    "model": ("backbone.model", "open_clip model name, hf-hub:/local-dir: id, or JSON model configuration path"),
-    "pretrained": ("backbone.pretrained", "open_clip pretrained tag or checkpoint file; 'null' for random weights"),
+    "model": (
+        "backbone.model",
+        "open_clip model name, hf-hub:/local-dir: id, JSON model configuration path, or a bundled mvlpt:NAME",
+    ),
+    "pretrained": (
+        "backbone.pretrained",
+        "open_clip pretrained tag or checkpoint file; 'offline' for the CLIP of `mvlpt pretrain` "
+        "(with mvlpt:mini-vit-32); 'null' for random weights",
+    ),
     "device": ("train.device", "auto, cpu, cuda or cuda:N"),
     "precision": ("train.precision", "auto (bf16 autocast where supported), bf16 or fp32"),
     "data_root": ("data.root", "folder of the built-in tasks' data (default $MVLPT_DATA_ROOT or ~/.cache/mvlpt/data)"),
@@ -45,11 +52,19 @@ def _config_epilog() -> str:
 
 def _add_run_options(parser: argparse.ArgumentParser, names: list[str]) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML run configuration; flags and key=value override it")
+    from .config import RunConfig, fields_help
+
+    defaults = {field_name: default for field_name, _, default, _ in fields_help(RunConfig)}
     for name in names:
         key, help_text = SHORTCUTS[name]
         action = "append" if name in LIST_SHORTCUTS else "store"
+        metavar = name.upper().replace("_", "-")
         parser.add_argument(
-            f"--{name.replace('_', '-')}", dest=name, metavar="VALUE", action=action, help=f"{help_text} (sets {key})"
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            metavar=metavar,
+            action=action,
+            help=f"{help_text} (sets {key}; default {defaults.get(key, 'none')})",
         )
     parser.add_argument(
         "overrides",

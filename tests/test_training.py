@@ -193,8 +193,24 @@ def test_zero_shot_keeps_existing_results(colour_task, tiny_config_path, tmp_pat
     before = (out / "results.json").read_text()
     args = ["zero-shot", "--task", str(colour_task), "--model", tiny_config_path, "--pretrained", "null"]
     assert main([*args, "--output-dir", str(out)]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    assert "training run" in capsys.readouterr().err
+    assert main([*args, "--output-dir", str(out), "--overwrite"]) == 2
     assert (out / "results.json").read_text() == before
+
+    zero_shot_dir = tmp_path / "zero-shot"
+    assert main([*args, "--output-dir", str(zero_shot_dir)]) == 0
+    capsys.readouterr()
+    assert main([*args, "--output-dir", str(zero_shot_dir)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*args, "--output-dir", str(zero_shot_dir), "--overwrite"]) == 0
+
+
+def test_train_rejects_foreign_results(colour_task, tiny_config_path, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text('{"method": "zero-shot", "per_task": {}}')
+    assert main(run_args(colour_task, tiny_config_path, out, "coop")) == 2
+    assert "coop training run" in capsys.readouterr().err
 
 
 def test_failed_overwrite_keeps_earlier_run(colour_task, tiny_config_path, tmp_path, capsys):

@@ -126,9 +126,11 @@ def _build_from_json(path: Path, pretrained: str | None) -> tuple[nn.Module, Any
         try:
             open_clip.load_checkpoint(model, str(checkpoint), strict=True)
         except Exception as error:  # unreadable files and mismatched weights surface as many exception types
+            # Keep the first line only: torch's unpickling errors go on to suggest unsafe loading.
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise BackboneError(
                 f"checkpoint {pretrained!r} could not be loaded into model configuration {str(path)!r} "
-                f"({type(error).__name__}: {error}); pass weights saved from this configuration"
+                f"({type(error).__name__}: {reason[:300]}); pass a weights file saved from this configuration"
             ) from error
 
     text_cfg = model_cfg["text_cfg"]

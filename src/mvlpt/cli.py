@@ -18,7 +18,7 @@ SHORTCUTS = {
     "task": (
         "data.tasks",
         "task: a built-in name (see `mvlpt data list`), an image-folder path or a CSV manifest; "
-        "repeat the option to train one prompt on several tasks",
+        "repeat the option for several tasks (train: one prompt trained on all of them)",
     ),
     "method": ("prompt.method", "prompt method: coop, vpt or upt"),
     "shots": ("data.shots", "few-shot images per class K, split into training and validation as docs/data.md says"),
@@ -163,6 +163,10 @@ def cmd_zero_shot(args: argparse.Namespace) -> int:
     config = _build_config(args, ZERO_SHOT_FLAGS)
     config.validate_for("zero-shot")
     results_path = Path(config.output_dir) / "results.json" if args.output_dir else None
+    if results_path is not None and (results_path.parent / "config.yaml").exists():
+        raise RunError(
+            f"{results_path.parent} contains a training run; write zero-shot results to another --output-dir"
+        )
     if results_path is not None and results_path.exists() and not args.overwrite:
         raise RunError(
             f"{results_path} already exists; pass --overwrite to replace it, or choose another --output-dir"

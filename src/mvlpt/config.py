@@ -618,7 +618,7 @@ class RunConfig:
         if command in COMMANDS_NEEDING_TASK and not self.data.tasks:
             raise ConfigError(
                 f"data.tasks=[] is invalid: the {command} command needs a task. "
-                "Set data.tasks to a list of built-in task names, image-folder paths or CSV manifest paths."
+                "Pass --task (or set data.tasks) with a built-in task name, an image-folder path or a CSV manifest path."
             )
         if command == "train" and self.init is not None and not Path(self.init).exists():
             raise ConfigError(

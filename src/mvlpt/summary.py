@@ -53,7 +53,8 @@ def results_table(rows: list[dict], split: str = "test") -> str:
             if split not in entry:
                 continue
             backbone = row.get("backbone") or {}
-            model = f"{backbone.get('model', '?')} ({backbone.get('pretrained')})"
+            weights = backbone.get("pretrained") or "random weights"
+            model = f"{backbone.get('model', '?')} ({weights})"
             key = (task, row["method"], run_setting(row), row.get("shots", "-"), model)
             groups[key].append(float(entry[split][entry["metric"]]))
             metrics[key] = entry["metric"]

@@ -341,8 +341,14 @@ def train(config: RunConfig, overwrite: bool = False) -> dict:
         check_config_matches(config, run_dir)
         results_path = run_dir / "results.json"
         if results_path.exists():
+            results = json.loads(results_path.read_text())
+            if not isinstance(results, dict) or results.get("method") != config.prompt.method:
+                raise RunError(
+                    f"{results_path} does not contain the results of a {config.prompt.method} training run; "
+                    f"use another output_dir, or pass --overwrite to replace it"
+                )
             logger.info("%s already contains finished results; skipping the run", run_dir)
-            return json.loads(results_path.read_text())
+            return results
 
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
@@ -466,6 +472,11 @@ def _train_epochs(config, model, optimizer, task_data, label_space, tasks, state
                 state.best_prompt = copy.deepcopy(model.learner.state_dict())
 
         append_jsonl(metrics_path, record)
+        if epoch + 1 == config.train.epochs or (epoch + 1) % max(1, config.train.epochs // 10) == 0:
+            logger.info(
+                "%s epoch %d/%d: train loss %.4f, validation %.2f",
+                run_dir, epoch + 1, config.train.epochs, train_loss, record.get("val_average", float("nan")),
+            )
         if writer is not None:
             for name, value in record.items():
                 if name != "epoch":

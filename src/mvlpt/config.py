@@ -733,19 +733,22 @@ def _apply_override_strings(data: dict, overrides: Sequence[str]) -> None:
         _set_dotted(data, key, value, override)
 
 
-def _read_yaml_file(path: Path) -> dict:
+def _read_yaml_file(path: Path, kind: str = "configuration", example: str = "configs/coop.yaml") -> dict:
+    """Read a YAML file that must contain a mapping; ``kind`` and ``example`` word the errors."""
     if not path.is_file():
         problem = "is a directory" if path.is_dir() else "was not found"
-        raise ConfigError(f"configuration file {str(path)!r} {problem}. Pass the path of a YAML file such as configs/coop.yaml.")
+        raise ConfigError(f"{kind} file {str(path)!r} {problem}. Pass the path of a YAML file such as {example}.")
     try:
         data = _parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"configuration file {str(path)!r} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{kind} file {str(path)!r} is not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{kind} file {str(path)!r} is not UTF-8 text ({exc.reason}); pass a YAML file") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(
-            f"configuration file {str(path)!r} must contain a mapping of keys to values, got {type(data).__name__}."
+            f"{kind} file {str(path)!r} must contain a mapping of keys to values, got {type(data).__name__}."
         )
     logger.debug("read configuration file %s", path)
     return data

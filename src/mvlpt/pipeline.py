@@ -43,6 +43,7 @@ from .config import (
     _keep_text,
     _meta,
     _parse_yaml,
+    _read_yaml_file,
     _reject,
     _require_nonempty,
     _set_dotted,
@@ -478,23 +479,7 @@ def load_pipeline_config(path: str | Path | None, overrides: Sequence[str] = ())
 
 
 def _read_pipeline_file(path: Path) -> dict:
-    if not path.is_file():
-        problem = "is a directory" if path.is_dir() else "was not found"
-        raise ConfigError(
-            f"pipeline configuration file {str(path)!r} {problem}. "
-            "Pass the path of a YAML file such as configs/pipeline-example.yaml."
-        )
-    try:
-        data = _parse_yaml(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"pipeline configuration file {str(path)!r} is not valid YAML: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"pipeline configuration file {str(path)!r} must contain a mapping of keys to values, got {type(data).__name__}."
-        )
-    return data
+    return _read_yaml_file(path, kind="pipeline configuration", example="configs/pipeline-example.yaml")
 
 
 def _parse_override(text: str) -> tuple[str, Any]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from importlib import resources
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mvlpt.backbone import FrozenCLIP, load_backbone
 
@@ -27,3 +29,17 @@ def backbone() -> FrozenCLIP:
 def images() -> torch.Tensor:
     generator = torch.Generator().manual_seed(1)
     return torch.randn(3, 3, 32, 32, generator=generator)
+
+
+def write_image_task(root, classes, seed, train=6, test=3):
+    """Write an image-folder task of noisy 16x16 colour images; ``classes`` maps class name to RGB."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train), ("test", test)):
+        for name, rgb in classes.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for index in range(count):
+                noise = rng.integers(-20, 20, size=(16, 16, 3))
+                pixels = np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+    return root

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mvlpt.checkpoints import CheckpointError
 from mvlpt.cli import main
 from mvlpt.multitask import (
     LabelSpace,
@@ -19,6 +18,7 @@ from mvlpt.multitask import (
     task_restricted_logits,
 )
 from mvlpt.tasks import Sample, Task
+from conftest import write_image_task
 
 
 def make_task(name, classnames):
@@ -138,22 +138,10 @@ def test_sampler_rejects_unknown_mode():
 # End-to-end multitask runs on two small image-folder tasks ----------------------------------
 
 
-def write_task(root, classes, seed):
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", 6), ("test", 3)):
-        for name, rgb in classes.items():
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for index in range(count):
-                pixels = np.clip(np.array(rgb) + rng.integers(-20, 20, size=(16, 16, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{index}.png")
-    return root
-
-
 @pytest.fixture()
 def two_tasks(tmp_path):
-    colours = write_task(tmp_path / "colours", {"red": (200, 30, 30), "green": (30, 200, 30)}, 0)
-    shades = write_task(tmp_path / "shades", {"dark": (20, 20, 20), "light": (230, 230, 230), "red": (150, 0, 0)}, 1)
+    colours = write_image_task(tmp_path / "colours", {"red": (200, 30, 30), "green": (30, 200, 30)}, 0)
+    shades = write_image_task(tmp_path / "shades", {"dark": (20, 20, 20), "light": (230, 230, 230), "red": (150, 0, 0)}, 1)
     return colours, shades
 
 

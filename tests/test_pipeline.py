@@ -9,28 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 from mvlpt.checkpoints import load_prompt_checkpoint
 from mvlpt.cli import main
 from mvlpt.config import ConfigError
 from mvlpt.pipeline import load_pipeline_config, pipeline_config_from_dict, plan_pipeline, run_pipeline
 from mvlpt.runtime import RunError
+from conftest import write_image_task
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def write_task(root, classes, seed):
-    """An image-folder task: 4 training and 2 test images of 16x16 pixels per class, each a noisy colour."""
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", 4), ("test", 2)):
-        for name, rgb in classes.items():
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for index in range(count):
-                pixels = np.clip(np.array(rgb) + rng.integers(-20, 20, size=(16, 16, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{index}.png")
-    return root
+    """Write an image-folder task: 4 training and 2 test images per class."""
+    return write_image_task(root, classes, seed, train=4, test=2)
 
 
 def pipeline_dict(tasks, out, **changes):

@@ -3,15 +3,13 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from mvlpt.checkpoints import load_prompt_checkpoint
 from mvlpt.cli import main
 from mvlpt.config import TrainConfig
 from mvlpt.training import learning_rate
+from conftest import write_image_task
 
 COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
 
@@ -19,17 +17,7 @@ COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
 @pytest.fixture()
 def colour_task(tmp_path):
     """An image-folder task of three colours: 6 training and 3 test images per class."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "colours"
-    for split, count in (("train", 6), ("test", 3)):
-        for name, rgb in COLOURS.items():
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for index in range(count):
-                noise = rng.integers(-20, 20, size=(16, 16, 3))
-                pixels = np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{index}.png")
-    return root
+    return write_image_task(tmp_path / "colours", COLOURS, 0)
 
 
 def run_args(task, tiny_config_path, out, method, *extra):

@@ -9,7 +9,6 @@ hand-written templates.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..backbone import FrozenCLIP

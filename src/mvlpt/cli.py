@@ -133,7 +133,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     checkpoint = load_prompt_checkpoint(args.checkpoint)
     base = _config_base_for_checkpoint(Path(args.checkpoint), checkpoint.metadata)
     config = _build_config(args, EVAL_FLAGS, base=base)
-    results = evaluate_checkpoint(args.checkpoint, config, split_name=args.split)
+    results = evaluate_checkpoint(args.checkpoint, config, split_name=args.split, checkpoint=checkpoint)
     _print_results(results, args.split)
     return 0
 

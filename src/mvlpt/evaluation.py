@@ -125,6 +125,27 @@ def zero_shot_logits(
     return backbone.logit_scale.cpu() * image_features.float() @ text_features.t()
 
 
+def zero_shot_metrics(
+    backbone: FrozenCLIP,
+    task: Task,
+    split_name: str,
+    batch_size: int,
+    autocast_dtype: torch.dtype | None = None,
+    num_workers: int = 0,
+) -> dict[str, float]:
+    """Zero-shot CLIP metrics of one task split, with the task's own template ensemble."""
+    dataset = ImageDataset(task, task.splits[split_name], backbone.preprocess)
+    features, labels = encode_dataset(
+        backbone,
+        dataset,
+        batch_size,
+        autocast_dtype,
+        num_workers,
+        description=f"encoding {task.name} {split_name} images",
+    )
+    return compute_metrics(zero_shot_logits(backbone, task.classnames, task.templates, features), labels)
+
+
 def summarize_metrics(metrics: dict[str, float], task_metric: str) -> str:
     parts = [f"{name} {value:.2f}" for name, value in metrics.items()]
     return f"{task_metric} {metrics[task_metric]:.2f} ({', '.join(parts)})"

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from .backbone import _bundled_config_path, _read_json_config, load_backbone
 from .builtin import data_root, load_builtin
-from .evaluation import ImageDataset, compute_metrics, encode_dataset, zero_shot_logits
+from .evaluation import ImageDataset, zero_shot_metrics
 from .rundir import write_json_atomic
 from .runtime import autocast_context, resolve_autocast_dtype, seed_everything
 from .tasks import Task
@@ -230,9 +230,7 @@ def zero_shot_report(folder: Path, tasks: list[Task], batch_size: int = 256) -> 
     dtype = resolve_autocast_dtype("auto", backbone.device)
     report = {}
     for task in tasks:
-        dataset = ImageDataset(task, task.splits["test"], backbone.preprocess)
-        features, labels = encode_dataset(backbone, dataset, batch_size, dtype, description=f"zero-shot {task.name}")
-        metrics = compute_metrics(zero_shot_logits(backbone, task.classnames, task.templates, features), labels)
+        metrics = zero_shot_metrics(backbone, task, "test", batch_size, dtype)
         report[task.name] = {
             "metric": task.metric,
             "zero_shot": metrics[task.metric],

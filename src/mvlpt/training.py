@@ -36,7 +36,7 @@ from .backbone import FrozenCLIP, load_backbone
 from .builtin import resolve_task
 from .checkpoints import check_compatible, load_prompt_checkpoint, load_state_strict, save_prompt_checkpoint
 from .config import RunConfig, dump_config
-from .evaluation import ImageDataset, compute_metrics, encode_dataset, predict, zero_shot_logits
+from .evaluation import ImageDataset, compute_metrics, encode_dataset, predict, zero_shot_metrics
 from .fewshot import FewShotSplit, read_split, sample_few_shot, write_split
 from .model import PromptedCLIP, build_prompt_learner, vpt_templates
 from .multitask import LabelSpace, MultitaskSampler, classification_loss, task_restricted_logits
@@ -593,31 +593,6 @@ def _resume(path: Path, model: PromptedCLIP, optimizer) -> TrainingState:
 # Evaluation of saved prompts and zero-shot --------------------------------------------------
 
 
-def evaluate_checkpoint(checkpoint_dir: str | Path, config: RunConfig, split_name: str = "test") -> dict:
-    """Evaluate a saved prompt on each task of ``config.data.tasks``, loading it strictly."""
-    checkpoint = load_prompt_checkpoint(checkpoint_dir)
-    tasks = load_tasks(config)
-    label_space = LabelSpace.from_tasks(tasks)
-
-    device = resolve_device(config.train.device)
-    autocast_dtype = resolve_autocast_dtype(config.train.precision, device)
-    backbone = load_backbone(config.backbone.model, config.backbone.pretrained, config.backbone.cache_dir).to(device)
-    check_compatible(
-        checkpoint, method=config.prompt.method, backbone=backbone.identity, classnames=list(label_space.classnames)
-    )
-    check_prompt_settings(checkpoint.metadata.get("prompt_config", {}), dataclasses.asdict(config.prompt.active()), checkpoint_dir)
-    model = build_model(config, backbone, list(label_space.classnames), task_templates(tasks)).to(device)
-    load_state_strict(model.learner, checkpoint.state_dict, source=str(checkpoint_dir))
-
-    # Evaluate as training did: frozen image features when they do not depend on the prompt.
-    reuse_features = not model.learner.image_depends_on_prompt
-    task_data = prepare_task_data(
-        config, tasks, label_space, None, backbone, reuse_features, autocast_dtype, (split_name,)
-    )
-    metrics = evaluate_tasks(model, task_data, split_name, config, autocast_dtype)
-    return _split_results(tasks, config.prompt.method, split_name, metrics, config)
-
-
 # Prompt settings that only shape the starting values or training, so evaluation may differ in them.
 TRAINING_ONLY_SETTINGS = ("ctx_init", "n_ctx", "dropout")
 
@@ -638,6 +613,37 @@ def check_prompt_settings(saved: dict, current: dict, source) -> None:
         )
 
 
+def evaluate_checkpoint(
+    checkpoint_dir: str | Path, config: RunConfig, split_name: str = "test", checkpoint=None
+) -> dict:
+    """Evaluate a saved prompt on each task of ``config.data.tasks``, loading it strictly.
+
+    ``checkpoint`` is the already loaded PromptCheckpoint of ``checkpoint_dir``, if the caller has it.
+    """
+    if checkpoint is None:
+        checkpoint = load_prompt_checkpoint(checkpoint_dir)
+    check_prompt_settings(checkpoint.metadata.get("prompt_config", {}), dataclasses.asdict(config.prompt.active()), checkpoint_dir)
+    tasks = load_tasks(config)
+    label_space = LabelSpace.from_tasks(tasks)
+
+    device = resolve_device(config.train.device)
+    autocast_dtype = resolve_autocast_dtype(config.train.precision, device)
+    backbone = load_backbone(config.backbone.model, config.backbone.pretrained, config.backbone.cache_dir).to(device)
+    check_compatible(
+        checkpoint, method=config.prompt.method, backbone=backbone.identity, classnames=list(label_space.classnames)
+    )
+    model = build_model(config, backbone, list(label_space.classnames), task_templates(tasks)).to(device)
+    load_state_strict(model.learner, checkpoint.state_dict, source=str(checkpoint_dir))
+
+    # Evaluate as training did: frozen image features when they do not depend on the prompt.
+    reuse_features = not model.learner.image_depends_on_prompt
+    task_data = prepare_task_data(
+        config, tasks, label_space, None, backbone, reuse_features, autocast_dtype, (split_name,)
+    )
+    metrics = evaluate_tasks(model, task_data, split_name, config, autocast_dtype)
+    return _split_results(tasks, config.prompt.method, split_name, metrics, config)
+
+
 def zero_shot(config: RunConfig, split_name: str = "test") -> dict:
     """Evaluate zero-shot CLIP on each task, with the task's own template ensemble."""
     tasks = load_tasks(config)
@@ -649,17 +655,9 @@ def zero_shot(config: RunConfig, split_name: str = "test") -> dict:
     for task in tasks:
         if split_name not in task.splits:
             raise RunError(f"task {task.name} has no {split_name!r} split; it has {', '.join(sorted(task.splits))}")
-        dataset = ImageDataset(task, task.splits[split_name], backbone.preprocess)
-        features, labels = encode_dataset(
-            backbone,
-            dataset,
-            config.train.eval_batch_size,
-            autocast_dtype,
-            config.data.num_workers,
-            description=f"encoding {task.name} {split_name} images",
+        metrics[task.name] = zero_shot_metrics(
+            backbone, task, split_name, config.train.eval_batch_size, autocast_dtype, config.data.num_workers
         )
-        logits = zero_shot_logits(backbone, task.classnames, task.templates, features)
-        metrics[task.name] = compute_metrics(logits, labels)
     return _split_results(tasks, "zero-shot", split_name, metrics, config)
 
 

@@ -333,17 +333,17 @@ class FrozenCLIP(nn.Module):
     def device(self) -> torch.device:
         return self.model.logit_scale.device
 
-    def require_vit(self, what: str) -> None:
+    def require_vit(self, feature: str) -> None:
         if not self.is_vit:
             raise BackboneError(
-                f"{what} need a vision transformer, but backbone {self._identity['model']!r} has a "
+                f"{feature} need a vision transformer, but backbone {self._identity['model']!r} has a "
                 f"{type(self.model.visual).__name__} image tower; use a ViT model or text prompts (prompt.method=coop)"
             )
 
-    def require_text_tower(self, what: str) -> None:
+    def require_text_tower(self, feature: str) -> None:
         if self._text is None:
             raise BackboneError(
-                f"{what} need open_clip's own text transformer, but backbone {self._identity['model']!r} uses "
+                f"{feature} need open_clip's own text transformer, but backbone {self._identity['model']!r} uses "
                 f"{type(getattr(self.model, 'text', None)).__name__}; choose a CLIP model with a standard text tower"
             )
 

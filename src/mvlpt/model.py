@@ -142,7 +142,7 @@ def build_prompt_learner(prompt_config, backbone: FrozenCLIP, classnames: Sequen
 
 
 def vpt_templates(prompt_config, task_templates: Sequence[str]) -> list[str]:
-    """The VPT text-side templates: the configured list, or the task's own for ["task"]."""
+    """Return the VPT text-side templates: the configured list, or the task's own for ["task"]."""
     templates = list(prompt_config.vpt.templates)
     if templates == ["task"]:
         return list(task_templates)

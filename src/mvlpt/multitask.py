@@ -146,7 +146,7 @@ class MultitaskSampler(Sampler[int]):
 
 
 def expected_task_frequencies(task_sizes: Sequence[int], mode: str) -> list[float]:
-    """The share of draws each task gets in expectation under ``mode``."""
+    """Return the expected share of draws of each task under ``mode``."""
     if mode == "balanced":
         return [1.0 / len(task_sizes)] * len(task_sizes)
     total = math.fsum(task_sizes)

@@ -74,9 +74,9 @@ def check_config_matches(config: RunConfig, run_dir: Path) -> None:
     current = config.to_dict()
     differing = [key for key in differing_keys(previous, current) if key not in IGNORED_KEYS]
     if differing:
-        shown = ", ".join(differing[:5])
+        listed = ", ".join(differing[:5])
         raise RunError(
-            f"{run_dir} was written by a run with other settings (these keys differ: {shown}); "
+            f"{run_dir} was written by a run with other settings (these keys differ: {listed}); "
             f"use another output_dir, or pass --overwrite to replace that run"
         )
 

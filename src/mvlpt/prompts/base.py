@@ -1,4 +1,4 @@
-"""What every prompt learner shares: its outputs and how it reports itself."""
+"""The base class of prompt learners, and the prompt tensors they produce."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class PromptTensors:
     """The prompts of one forward pass, before they are broadcast over a batch.
 
     ``text_context`` is (M, D_text) for a shared context or (C, M, D_text) for
-    class-specific contexts. ``visual`` holds one (M, D_vision) tensor per
+    class-specific contexts. ``visual`` contains one (M, D_vision) tensor per
     vision layer that receives prompts: the first is inserted before layer 0,
     the others replace the prompt tokens before layers 1, 2, ...
     """

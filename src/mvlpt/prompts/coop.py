@@ -26,9 +26,9 @@ CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 class ClassPromptLayout(nn.Module):
     """Token embeddings of the class prompts and where the context goes in each.
 
-    Holds, as frozen buffers, the token embeddings of "X ... X <name>." for
-    every class and an index that says, for every output position, which
-    token or which context vector fills it. ``build`` assembles all class
+    Contains, as frozen buffers, the token embeddings of "X ... X <name>." for
+    every class and an index that gives, for every output position, the
+    token or the context vector that fills it. ``build`` assembles all class
     prompts with one gather, with no Python loop over classes.
     """
 
@@ -68,9 +68,9 @@ class ClassPromptLayout(nn.Module):
         if not too_long:
             return
         longest = int(name_lengths.max())
-        most_ctx = context_length - longest - 3
+        max_ctx = context_length - longest - 3
         name = self.classnames[too_long[0]]
-        fix = f"use at most {most_ctx} context vectors" if most_ctx >= 1 else "shorten the class names"
+        fix = f"use at most {max_ctx} context vectors" if max_ctx >= 1 else "shorten the class names"
         raise ValueError(
             f"{len(too_long)} class prompt(s) with {n_ctx} context vectors do not fit the text context of "
             f"{context_length} tokens, for example class {name[:60]!r} ({int(name_lengths[too_long[0]])} tokens); {fix}"

@@ -9,9 +9,9 @@ split into the text context and each layer's visual prompts.
 Attention modes:
 
 - ``per_token`` (default) reproduces the MVLPT reference. There the block
-  receives a (1, T, W) tensor while reading its input as (length, batch,
-  width), so each of the T prompt tokens is a sequence of length one:
-  softmax over one key is 1, and attention reduces to the value and output
+  receives a (1, T, W) tensor but reads its input as (length, batch, width).
+  So each of the T prompt tokens is a sequence of length one, the softmax
+  over one key is 1, and attention reduces to the value and output
   projections. No prompt token sees another.
 - ``joint`` runs true self-attention across all T prompt tokens, the design
   the unified-prompt paper describes.

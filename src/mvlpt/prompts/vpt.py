@@ -1,8 +1,8 @@
 """Visual prompts (VPT, Jia et al. 2022, "Visual Prompt Tuning").
 
 M learned tokens are inserted right after the class token, after the
-pre-transformer layer norm. Shallow prompts enter at the input only; deep
-prompts also replace the prompt tokens coming out of each layer with that
+pre-transformer layer norm. Shallow prompts enter at the input only. Deep
+prompts also replace the prompt tokens coming out of each layer with the
 next layer's own learned set. The text side is the frozen encoder applied to
 hand-written templates.
 """

@@ -26,8 +26,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +38,7 @@ from tqdm.auto import tqdm
 from .backbone import _bundled_config_path, _read_json_config, load_backbone
 from .builtin import data_root, load_builtin
 from .evaluation import ImageDataset, zero_shot_metrics
-from .rundir import write_json_atomic
+from .rundir import replace_atomic, write_json_atomic
 from .runtime import autocast_context, resolve_autocast_dtype, seed_everything
 from .tasks import Task
 
@@ -211,16 +209,8 @@ def pretrain(config: PretrainConfig) -> Path:
 
 def _write_model_folder(output: Path, model: torch.nn.Module, model_cfg: dict, preprocess_cfg: dict) -> None:
     """Write weights then configuration atomically, so a folder with a config always has complete weights."""
-    output.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-    handle, temporary = tempfile.mkstemp(dir=output, prefix=f".{WEIGHTS_FILE}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(state, temporary)
-        os.replace(temporary, output / WEIGHTS_FILE)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    replace_atomic(output / WEIGHTS_FILE, lambda temporary: save_file(state, temporary))
     write_json_atomic(output / CONFIG_FILE, {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg})
 
 

@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -18,32 +18,38 @@ RUN_FILES = ("results.json", "metrics.jsonl", "train_state.pt", "config.yaml")
 FEWSHOT_DIR = "fewshot"
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file, so readers never see a partial file."""
+def replace_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Create ``path`` by calling ``write`` on a temporary file beside it, then renaming that file.
+
+    Readers see the old file or the complete new one, never a partial file.
+    The result gets mode 0644 like files written directly.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
     try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=2)
-            stream.write("\n")
+        write(temporary)
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` through a temporary file, so readers never see a partial file."""
+
+    def write(temporary: str) -> None:
+        with open(temporary, "w") as stream:
+            json.dump(data, stream, indent=2)
+            stream.write("\n")
+
+    replace_atomic(path, write)
 
 
 def save_torch_atomic(path: Path, data: Any) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(data, temporary)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    replace_atomic(path, lambda temporary: torch.save(data, temporary))
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -148,8 +154,4 @@ def truncate_jsonl(path: Path, records: int) -> None:
         return
     lines = path.read_text().splitlines(keepends=True)
     if len(lines) > records:
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(handle, "w") as stream:
-            stream.writelines(lines[:records])
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
+        replace_atomic(path, lambda temporary: Path(temporary).write_text("".join(lines[:records])))

@@ -9,6 +9,9 @@ MVLPT_DATA_ROOT ?= $(HOME)/.cache/mvlpt/data
 export MVLPT_DATA_ROOT
 
 TORCH_PIN = torch==2.14.1 torchvision==0.29.1
+# Class names and prompt templates of the ELEVATER and CoOp tasks. Installed
+# without dependencies, because only its JSON files are read.
+CLIP_BENCHMARK_PIN = clip-benchmark==1.6.2
 
 .PHONY: setup data pretrained demo quick benchmark test
 
@@ -16,6 +19,7 @@ TORCH_PIN = torch==2.14.1 torchvision==0.29.1
 setup:
 	@$(PYTHON) -c "import torch, torchvision" 2>/dev/null || $(PIP) install --quiet $(TORCH_PIN)
 	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet --no-deps $(CLIP_BENCHMARK_PIN)
 
 # Packages that ship the built-in tasks' images. DATA_PIP matches the optional
 # extra "data" in pyproject.toml; keep both lists equal. animal-mnist is

@@ -177,7 +177,9 @@ def test_multitask_run_scores_each_task(two_tasks, tiny_config_path, tmp_path, l
     assert set(results["per_task"]) == {"colours", "shades"}
     for entry in results["per_task"].values():
         assert entry["metric"] == "accuracy"
-        assert set(entry["test"]) == {"accuracy", "mean_per_class_accuracy"}
+    # ROC AUC applies to the two-class task only.
+    assert set(results["per_task"]["colours"]["test"]) == {"accuracy", "mean_per_class_accuracy", "roc_auc"}
+    assert set(results["per_task"]["shades"]["test"]) == {"accuracy", "mean_per_class_accuracy"}
     mean = (results["per_task"]["colours"]["test"]["accuracy"] + results["per_task"]["shades"]["test"]["accuracy"]) / 2
     assert results["average"]["test"] == pytest.approx(mean)
     assert (out / "fewshot" / "colours.json").is_file()

@@ -403,3 +403,31 @@ def test_cli_pipeline_rejects_bad_override(tasks, tmp_path, capsys):
     path.write_text(yaml.safe_dump(pipeline_dict(tasks, tmp_path / "out")))
     assert main(["pipeline", str(path), "base.train.epochs=-1"]) == 2
     assert "base.train.epochs=-1 is invalid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "targets, sources, message",
+    [
+        (["cifar10", "cifar-10"], ["dtd"], "target_tasks=['cifar10', 'cifar-10'] is invalid: it repeats cifar-10"),
+        (["elevater:cifar-10", "CIFAR-10"], ["dtd"], "it repeats CIFAR-10"),
+        (["dtd"], ["elevater:dtd"], "dtd is also in source_tasks"),
+        (["MNIST", "mnist"], ["dtd"], "it repeats mnist"),
+    ],
+)
+def test_config_compares_tasks_by_identity_not_spelling(tasks, tmp_path, targets, sources, message):
+    data = pipeline_dict(tasks, tmp_path)
+    data["target_tasks"] = targets
+    data["source_tasks"] = sources
+    data["groups"] = []
+    with pytest.raises(ConfigError) as error:
+        pipeline_config_from_dict(data)
+    assert message in str(error.value)
+
+
+def test_config_keeps_coop_and_elevater_versions_apart(tasks, tmp_path):
+    data = pipeline_dict(tasks, tmp_path)
+    data["source_tasks"] = ["coop:dtd"]
+    data["target_tasks"] = ["dtd"]
+    data["groups"] = []
+    config = pipeline_config_from_dict(data)
+    assert config.target_tasks == ["dtd"]

@@ -17,7 +17,7 @@ LIST_SHORTCUTS = {"task"}
 SHORTCUTS = {
     "task": (
         "data.tasks",
-        "task: a built-in name (see `mvlpt data list`), an image-folder path or a CSV manifest; "
+        "task: a built-in or prepared benchmark name (see `mvlpt data list`), an image-folder path or a CSV manifest; "
         "repeat the option for several tasks (train: one prompt trained on all of them)",
     ),
     "method": ("prompt.method", "prompt method: coop, vpt or upt"),
@@ -222,6 +222,42 @@ def _pipeline_epilog() -> str:
     return "\n".join(lines)
 
 
+def cmd_study_transfer(args: argparse.Namespace) -> int:
+    from .study.config import load_transfer_config
+    from .study.jobs import plan_transfer
+    from .study.transfer import format_plan, run_transfer_study
+
+    config = load_transfer_config(args.config, args.overrides)
+    if args.dry_run:
+        print(format_plan(plan_transfer(config)))
+        return 0
+    result = run_transfer_study(config, analyse_only=args.analyse_only)
+    print(result.report.summary, end="")
+    print(f"analysis written to {result.report.directory}")
+    if not result.failures:
+        return 0
+    print(f"mvlpt: {len(result.failures)} of {len(result.outcomes)} runs did not finish:", file=sys.stderr)
+    for outcome in result.failures:
+        where = f" (log: {outcome.log})" if outcome.log else ""
+        print(f"  {outcome.job_id}: {outcome.error}{where}", file=sys.stderr)
+    print(
+        f"details are in {result.failures_path}; rerun the same command to retry only these runs "
+        "(finished runs are skipped)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _transfer_epilog() -> str:
+    from .config import fields_help
+    from .study.config import TransferConfig
+
+    lines = ["transfer study keys (set in the YAML file or as key=value; see docs/transfer.md):"]
+    for name, type_name, default, help_text in fields_help(TransferConfig):
+        lines.append(f"  {name} ({type_name}, default {default}): {help_text}")
+    return "\n".join(lines)
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .builtin import BUILTIN_TASKS, load_builtin
     from .pretrain import PretrainConfig, format_report, pretrain, zero_shot_report
@@ -266,6 +302,45 @@ def cmd_data_list(args: argparse.Namespace) -> int:
             continue
         sizes = ", ".join(f"{split} {len(samples)}" for split, samples in task.splits.items())
         print(f"  installed: {task.num_classes} classes ({', '.join(task.classnames)}); {sizes} images")
+
+    _print_benchmark_tasks(root)
+    return 0
+
+
+def _print_benchmark_tasks(root: Path) -> None:
+    """Print the ELEVATER and CoOp catalog with each task's prepared state, read from its marker without loading images."""
+    from .datasets.catalog import all_specs
+    from .datasets.prepare import prepare_command, read_marker
+    from .tasks import TaskError
+
+    print("benchmark tasks (docs/elevater.md):")
+    try:
+        specs = all_specs()
+    except TaskError as error:
+        print(f"  unavailable: {error}")
+        return
+
+    for spec in specs:
+        print(
+            f"{spec.task_name}: {spec.title}, {spec.suite}, {spec.num_classes} classes, metric {spec.metric}, "
+            f"sources {', '.join(spec.sources)}"
+        )
+        marker = read_marker(spec, root)
+        if marker is None:
+            print(f"  not prepared; prepare with: {prepare_command(spec, root)}")
+            continue
+        sizes = ", ".join(f"{split} {count}" for split, count in marker["images"].items())
+        print(f"  prepared from {marker['source']} ({marker['data']}): {sizes} images")
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from .datasets.prepare import prepare_task
+
+    root = Path(args.root) if args.root else None
+    from_path = Path(args.from_path) if args.from_path else None
+    prepared = prepare_task(args.name, root=root, source=args.source, from_path=from_path)
+    print(f"prepared {prepared.summary()}")
+    print(f"marker written to {prepared.marker_path}")
     return 0
 
 
@@ -356,6 +431,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pipeline.set_defaults(handler=cmd_pipeline)
 
+    study = commands.add_parser("study", help="studies made of many training runs: task transferability")
+    study_commands = study.add_subparsers(dest="study_command", required=True, metavar="COMMAND")
+    transfer = study_commands.add_parser(
+        "transfer",
+        help="measure which tasks help which: train every task from every other task's prompt",
+        description="Train each task alone, then each ordered pair of tasks with the target starting from the "
+        "source's prompt, and write the relative gain matrix, visual and label similarity, their rank correlation "
+        "with the gain, the best sources per target and suggested groups to <output_dir>/analysis/. Finished runs "
+        "are skipped, so rerunning the command resumes the study and retries failed runs. "
+        "Exits with status 1 when some runs failed.",
+        epilog=_transfer_epilog(),
+        formatter_class=formatter,
+    )
+    transfer.add_argument("config", metavar="CONFIG", help="transfer study YAML file, e.g. configs/transfer-offline.yaml")
+    transfer.add_argument("--dry-run", action="store_true", help="list the runs and their state without training")
+    transfer.add_argument(
+        "--analyse-only",
+        "--analyze-only",
+        dest="analyse_only",
+        action="store_true",
+        help="write the analysis from the runs that have finished, without training",
+    )
+    transfer.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="study overrides such as methods=[coop], workers=2, executor=ray or base.train.epochs=5",
+    )
+    transfer.set_defaults(handler=cmd_study_transfer)
+
     pretrain = commands.add_parser(
         "pretrain",
         help="pretrain the small offline CLIP on the built-in tasks' pretrain splits",
@@ -373,11 +478,46 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--output", metavar="DIR", help="output folder (default <data root>/models/offline-clip)")
     pretrain.set_defaults(handler=cmd_pretrain)
 
-    data = commands.add_parser("data", help="built-in tasks")
+    data = commands.add_parser("data", help="built-in and benchmark tasks")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
-    data_list = data_commands.add_parser("list", help="list the built-in tasks and whether their data is installed")
-    data_list.add_argument("--data-root", help="folder of the built-in tasks' data")
+    data_list = data_commands.add_parser(
+        "list", help="list the built-in tasks and benchmark tasks, and whether their data is installed or prepared"
+    )
+    data_list.add_argument("--data-root", help="folder of the built-in tasks' data and of prepared benchmark tasks")
     data_list.set_defaults(handler=cmd_data_list)
+
+    from .datasets.catalog import SOURCES
+
+    data_prepare = data_commands.add_parser(
+        "prepare",
+        help="download or locate an ELEVATER or CoOp task's data, check that it loads, and record it",
+        description="Prepare a benchmark task for training and evaluation by name. clip-benchmark webdataset "
+        "repositories are downloaded from the Hugging Face hub; other sources are read from --from DIR, or "
+        "from files put in <root>/benchmarks/<suite>/<name>/. See docs/elevater.md.",
+    )
+    data_prepare.add_argument("name", metavar="NAME", help="benchmark task, e.g. cifar-10 or coop:dtd (see `mvlpt data list`)")
+    data_prepare.add_argument(
+        "--root",
+        "--data-root",
+        dest="root",
+        metavar="DIR",
+        help="data root under which benchmarks/<suite>/<name>/ is written (default $MVLPT_DATA_ROOT or ~/.cache/mvlpt/data)",
+    )
+    data_prepare.add_argument(
+        "--from",
+        dest="from_path",
+        metavar="PATH",
+        help="folder that already contains the data, e.g. a local copy of the clip-benchmark repository; "
+        "it is read in place, not copied",
+    )
+    data_prepare.add_argument(
+        "--source",
+        choices=SOURCES,
+        help="layout of the data: wds (clip-benchmark shards), vision-datasets (ELEVATER), coop (CoOp folders "
+        "and split files) or manual (Hateful Memes download); default: the task's first source, or wds when "
+        "--from holds shards",
+    )
+    data_prepare.set_defaults(handler=cmd_data_prepare)
     return parser
 
 
@@ -413,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mvlpt: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if args.command in ("train", "pipeline"):
+        if args.command in ("train", "pipeline", "study"):
             print("mvlpt: interrupted; rerun the same command to resume", file=sys.stderr)
         else:
             print("mvlpt: interrupted", file=sys.stderr)

@@ -460,7 +460,7 @@ class DataConfig:
     tasks: list[str] = field(
         default_factory=list,
         metadata=_meta(
-            "Tasks to train on: built-in task names, image-folder paths or CSV manifest paths. One task trains a "
+            "Tasks to train on: built-in task names, prepared ELEVATER/CoOp task names (docs/elevater.md), image-folder paths or CSV manifest paths. One task trains a "
             "single-task prompt; several train one prompt on all of them (a multitask source prompt or a joint group). "
             "Required by train and evaluate."
         ),
@@ -618,7 +618,7 @@ class RunConfig:
         if command in COMMANDS_NEEDING_TASK and not self.data.tasks:
             raise ConfigError(
                 f"data.tasks=[] is invalid: the {command} command needs a task. "
-                "Pass --task (or set data.tasks) with a built-in task name, an image-folder path or a CSV manifest path."
+                "Pass --task (or set data.tasks) with a built-in or prepared benchmark task name, an image-folder path or a CSV manifest path."
             )
         if command == "train" and self.init is not None and not Path(self.init).exists():
             raise ConfigError(

@@ -25,7 +25,7 @@ import logging
 import re
 import statistics
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -149,8 +149,8 @@ class PipelineConfig:
     source_tasks: list[str] = field(
         default_factory=list,
         metadata=_meta(
-            "Tasks trained jointly into one source prompt per seed: built-in names, image-folder paths or CSV "
-            "manifest paths. Required."
+            "Tasks trained jointly into one source prompt per seed: built-in names, prepared benchmark task names "
+            "(docs/elevater.md), image-folder paths or CSV manifest paths. Required."
         ),
     )
     target_tasks: list[str] = field(
@@ -181,9 +181,9 @@ class PipelineConfig:
     )
 
     def __post_init__(self) -> None:
-        self._check_types()
+        check_field_types(self, LIST_EXAMPLES)
         _require_nonempty(self, "output_dir", "Set output_dir to a directory such as runs/pipeline.")
-        self._check_methods()
+        check_methods(self)
         self._check_numbers()
         self._check_tasks()
         self._check_groups()
@@ -195,66 +195,16 @@ class PipelineConfig:
 
     # Checks ------------------------------------------------------------------------------
 
-    def _check_types(self) -> None:
-        hints = _field_types(type(self))
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name == "base":
-                if value is None:
-                    value = {}
-                if not isinstance(value, Mapping):
-                    raise ConfigError(
-                        f"base={value!r} has the wrong type: expected a mapping of run configuration keys, "
-                        f"got {type(value).__name__}. Write base as a mapping, e.g. base: {{train: {{epochs: 50}}}}."
-                    )
-                self.base = copy.deepcopy(dict(value))
-                continue
-            hint = hints[f.name]
-            # One number where a list of numbers is expected means a list of one: seeds=1.
-            if hint == list[int] and isinstance(value, int) and not isinstance(value, bool):
-                value = [value]
-            one_string = isinstance(value, str) and hint == list[str]
-            if f.name in LIST_EXAMPLES and not isinstance(value, (list, tuple)) and not one_string:
-                raise ConfigError(
-                    f"{f.name}={value!r} has the wrong type: expected {_describe_list(hint)}, got {type(value).__name__}. "
-                    f"Write a YAML list, e.g. {f.name}: {LIST_EXAMPLES[f.name]}."
-                )
-            converted = _coerce(value, hint, f.name)
-            if converted is not getattr(self, f.name):
-                setattr(self, f.name, converted)
-
-    def _check_methods(self) -> None:
-        if not self.methods:
-            _reject(self, "methods", "the list is empty", f"List at least one of {', '.join(METHODS)}.")
-        for index, method in enumerate(self.methods):
-            if method not in METHODS:
-                raise ConfigError(
-                    f"methods[{index}]={method!r} is invalid: it must be one of {', '.join(METHODS)}. "
-                    f"Replace it with one of {', '.join(METHODS)}."
-                )
-        _reject_repeats(self, "methods")
-
     def _check_numbers(self) -> None:
-        if not self.shots:
-            _reject(self, "shots", "the list is empty", "List at least one number of shots, e.g. [1, 5].")
-        for index, shots in enumerate(self.shots):
-            if shots < 1:
-                raise ConfigError(f"shots[{index}]={shots!r} is invalid: it must be at least 1. Set it to 1 or more.")
-        _reject_repeats(self, "shots")
+        check_shots(self)
         if self.source_shots is not None and self.source_shots < 1:
             _reject(self, "source_shots", "it must be at least 1", "Set source_shots to 1 or more, or to null.")
 
-        if not self.seeds:
-            _reject(self, "seeds", "the list is empty", "List at least one seed, e.g. [1, 2, 3].")
-        for index, seed in enumerate(self.seeds):
-            if not 0 <= seed <= MAX_SEED:
-                raise ConfigError(
-                    f"seeds[{index}]={seed!r} is invalid: it must be in [0, {MAX_SEED}]. "
-                    "Use a non-negative integer below 2**32."
-                )
-        _reject_repeats(self, "seeds")
+        check_seeds(self)
 
     def _check_tasks(self) -> None:
+        from .builtin.registry import task_identity
+
         for name in ("source_tasks", "target_tasks"):
             tasks = getattr(self, name)
             if not tasks:
@@ -262,9 +212,10 @@ class PipelineConfig:
             for index, task in enumerate(tasks):
                 if not task.strip():
                     raise ConfigError(f"{name}[{index}]={task!r} is invalid: it is empty. Remove the empty entry.")
-            _reject_repeats(self, name)
+            reject_repeats(self, name, key=task_identity)
 
-        shared = [task for task in self.target_tasks if task in self.source_tasks]
+        source_identities = {task_identity(task) for task in self.source_tasks}
+        shared = [task for task in self.target_tasks if task_identity(task) in source_identities]
         if shared:
             _reject(
                 self,
@@ -313,12 +264,12 @@ class PipelineConfig:
                 owner[task] = index
 
     def _check_base(self) -> None:
-        _check_base_keys(self.base, RunConfig, "")
+        check_base_keys(self.base, RunConfig, "")
         for method in self.methods:
             try:
                 config = self.run_config(method, self.target_tasks, self.shots[0], self.seeds[0], self.output_dir)
             except ConfigError as error:
-                raise ConfigError(_prefix_run_keys(str(error))) from None
+                raise ConfigError(prefix_run_keys(str(error))) from None
             if method == "coop" and config.prompt.coop.class_specific:
                 raise ConfigError(
                     "base.prompt.coop.class_specific=True is invalid with coop in methods: class-specific contexts "
@@ -338,13 +289,7 @@ class PipelineConfig:
         init: str | Path | None = None,
     ) -> RunConfig:
         """Build the RunConfig of one run: ``base`` with the method, tasks, shots, seed, directory and init set."""
-        data = copy.deepcopy(self.base)
-        data["prompt"] = {**(data.get("prompt") or {}), "method": method}
-        data["data"] = {**(data.get("data") or {}), "tasks": list(tasks), "shots": shots}
-        data["seed"] = seed
-        data["output_dir"] = str(output_dir)
-        data["init"] = None if init is None else str(init)
-        return config_from_dict(data)
+        return build_run_config(self.base, method, tasks, shots, seed, output_dir, init)
 
     def source_shots_for(self, shots: int) -> int:
         """Return the shots per class of the source prompt that initialises the targets of a ``shots`` study."""
@@ -355,13 +300,107 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
 
+def build_run_config(
+    base: Mapping,
+    method: str,
+    tasks: Sequence[str],
+    shots: int,
+    seed: int,
+    output_dir: str | Path,
+    init: str | Path | None = None,
+) -> RunConfig:
+    """Build one run's RunConfig: the run settings ``base`` with the method, tasks, shots, seed, directory and init set."""
+    data = copy.deepcopy(dict(base))
+    data["prompt"] = {**(data.get("prompt") or {}), "method": method}
+    data["data"] = {**(data.get("data") or {}), "tasks": list(tasks), "shots": shots}
+    data["seed"] = seed
+    data["output_dir"] = str(output_dir)
+    data["init"] = None if init is None else str(init)
+    return config_from_dict(data)
+
+
 def _describe_list(hint: Any) -> str:
     return "a list of lists of task names" if hint == list[list[str]] else f"a list of {typing.get_args(hint)[0].__name__} values"
 
 
-def _reject_repeats(config: PipelineConfig, name: str) -> None:
+def check_field_types(config: Any, list_examples: Mapping[str, str]) -> None:
+    """Check and convert the fields of a study configuration; ``list_examples`` gives an example value of each list field.
+
+    ``base`` must be a mapping and is copied. A number where a list of numbers is
+    expected becomes a list of one, and so does one string where a list of strings is.
+    """
+    hints = _field_types(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name == "base":
+            if value is None:
+                value = {}
+            if not isinstance(value, Mapping):
+                raise ConfigError(
+                    f"base={value!r} has the wrong type: expected a mapping of run configuration keys, "
+                    f"got {type(value).__name__}. Write base as a mapping, e.g. base: {{train: {{epochs: 50}}}}."
+                )
+            config.base = copy.deepcopy(dict(value))
+            continue
+        hint = hints[f.name]
+        # One number where a list of numbers is expected means a list of one: seeds=1.
+        if hint == list[int] and isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        one_string = isinstance(value, str) and hint == list[str]
+        if f.name in list_examples and not isinstance(value, (list, tuple)) and not one_string:
+            raise ConfigError(
+                f"{f.name}={value!r} has the wrong type: expected {_describe_list(hint)}, got {type(value).__name__}. "
+                f"Write a YAML list, e.g. {f.name}: {list_examples[f.name]}."
+            )
+        converted = _coerce(value, hint, f.name)
+        if converted is not getattr(config, f.name):
+            setattr(config, f.name, converted)
+
+
+def check_methods(config: Any) -> None:
+    """Require a non-empty list of known prompt methods in ``config.methods``, each listed once."""
+    if not config.methods:
+        _reject(config, "methods", "the list is empty", f"List at least one of {', '.join(METHODS)}.")
+    for index, method in enumerate(config.methods):
+        if method not in METHODS:
+            raise ConfigError(
+                f"methods[{index}]={method!r} is invalid: it must be one of {', '.join(METHODS)}. "
+                f"Replace it with one of {', '.join(METHODS)}."
+            )
+    reject_repeats(config, "methods")
+
+
+def check_shots(config: Any) -> None:
+    """Require a non-empty list of shots in ``config.shots``, each at least 1 and listed once."""
+    if not config.shots:
+        _reject(config, "shots", "the list is empty", "List at least one number of shots, e.g. [1, 5].")
+    for index, shots in enumerate(config.shots):
+        if shots < 1:
+            raise ConfigError(f"shots[{index}]={shots!r} is invalid: it must be at least 1. Set it to 1 or more.")
+    reject_repeats(config, "shots")
+
+
+def check_seeds(config: Any) -> None:
+    """Require a non-empty list of seeds in ``config.seeds``, each in [0, MAX_SEED] and listed once."""
+    if not config.seeds:
+        _reject(config, "seeds", "the list is empty", "List at least one seed, e.g. [1, 2, 3].")
+    for index, seed in enumerate(config.seeds):
+        if not 0 <= seed <= MAX_SEED:
+            raise ConfigError(
+                f"seeds[{index}]={seed!r} is invalid: it must be in [0, {MAX_SEED}]. "
+                "Use a non-negative integer below 2**32."
+            )
+    reject_repeats(config, "seeds")
+
+
+def reject_repeats(config: Any, name: str, key: Callable[[Any], Any] | None = None) -> None:
+    """Raise ConfigError naming the entries that appear more than once in the list field ``name``.
+
+    With ``key``, entries repeat when their keys are equal, e.g. two spellings of one task.
+    """
     values = getattr(config, name)
-    repeated = [value for index, value in enumerate(values) if value in values[:index]]
+    keys = [value if key is None else key(value) for value in values]
+    repeated = [value for index, value in enumerate(values) if keys[index] in keys[:index]]
     if repeated:
         listed = ", ".join(str(value) for value in dict.fromkeys(repeated))
         _reject(config, name, f"it repeats {listed}", f"List each entry of {name} once.")
@@ -376,22 +415,27 @@ def task_directory_name(task: str) -> str:
     return name
 
 
-def _check_base_keys(data: Mapping, cls: type, section: str) -> None:
-    """Reject keys of ``base`` that RunConfig does not have or that the pipeline sets; leave values to RunConfig."""
+def check_base_keys(
+    data: Mapping, cls: type, section: str, set_keys: Mapping[str, str] = PIPELINE_SET_KEYS, owner: str = "pipeline"
+) -> None:
+    """Reject keys of ``base`` that RunConfig does not have or that the ``owner`` study sets; leave values to RunConfig.
+
+    ``set_keys`` maps each run key the study sets to the study keys it comes from.
+    """
     hints = _field_types(cls)
-    valid = [f.name for f in dataclasses.fields(cls) if _join(section, f.name) not in PIPELINE_SET_KEYS]
+    valid = [f.name for f in dataclasses.fields(cls) if _join(section, f.name) not in set_keys]
     for key, value in data.items():
         dotted = _join(section, str(key))
-        if dotted in PIPELINE_SET_KEYS:
+        if dotted in set_keys:
             raise ConfigError(
-                f"base.{dotted} cannot be set in a pipeline: the pipeline sets it for each run from "
-                f"{PIPELINE_SET_KEYS[dotted]}. Remove base.{dotted}."
+                f"base.{dotted} cannot be set in a {owner}: the {owner} sets it for each run from "
+                f"{set_keys[dotted]}. Remove base.{dotted}."
             )
         if key not in valid:
             message = f"unknown key {'base.' + dotted!r}."
             close = difflib.get_close_matches(str(key), [f.name for f in dataclasses.fields(cls)], n=1, cutoff=0.6)
-            if close and _join(section, close[0]) in PIPELINE_SET_KEYS:
-                message += f" The pipeline sets {_join(section, close[0])} itself, from {PIPELINE_SET_KEYS[_join(section, close[0])]}."
+            if close and _join(section, close[0]) in set_keys:
+                message += f" The {owner} sets {_join(section, close[0])} itself, from {set_keys[_join(section, close[0])]}."
             elif close:
                 message += f" Did you mean {'base.' + _join(section, close[0])!r}?"
             where = f"base.{section}" if section else "base"
@@ -405,7 +449,7 @@ def _check_base_keys(data: Mapping, cls: type, section: str) -> None:
                 f"base.{dotted}={value!r} has the wrong type: expected a mapping of its keys, got "
                 f"{type(value).__name__}. Write base.{dotted} as a mapping."
             )
-        _check_base_keys(value, hint, dotted)
+        check_base_keys(value, hint, dotted, set_keys, owner)
 
 
 def _join(section: str, key: str) -> str:
@@ -424,7 +468,7 @@ def _run_key_pattern() -> re.Pattern:
     return re.compile(rf"(?<![\w.])({alternatives})(?!\w)")
 
 
-def _prefix_run_keys(message: str) -> str:
+def prefix_run_keys(message: str) -> str:
     """Rewrite run configuration keys in ``message`` as the pipeline keys under base: train.epochs -> base.train.epochs."""
     return _run_key_pattern().sub(r"base.\1", message)
 
@@ -473,7 +517,7 @@ def load_pipeline_config(path: str | Path | None, overrides: Sequence[str] = ())
         raise TypeError("overrides must be a sequence of 'dotted.key=value' strings, not one string")
     data = _read_pipeline_file(Path(path)) if path is not None else {}
     for override in overrides:
-        key, value = _parse_override(override)
+        key, value = parse_override(override)
         _set_dotted(data, key, value, override)
     return pipeline_config_from_dict(data)
 
@@ -482,7 +526,8 @@ def _read_pipeline_file(path: Path) -> dict:
     return _read_yaml_file(path, kind="pipeline configuration", example="configs/pipeline-example.yaml")
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split a study override ``key=value`` into the key and its value read as YAML; under base, text fields keep their text."""
     key, separator, raw = text.partition("=")
     key = key.strip()
     if not separator:

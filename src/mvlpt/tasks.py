@@ -22,7 +22,12 @@ from PIL import Image, ImageOps
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("accuracy", "mean_per_class_accuracy")
+# "accuracy" and "mean_per_class_accuracy" are computed from the argmax class.
+# "map_11point" is the VOC 2007 11-point interpolated mean average precision
+# over classes, for multi-label tasks. "roc_auc" is the area under the ROC curve
+# of the softmax probability of class index 1, for two-class tasks. All are in
+# percent; `mvlpt.evaluation.compute_metrics` computes them.
+METRICS = ("accuracy", "mean_per_class_accuracy", "map_11point", "roc_auc")
 SPLITS = ("train", "val", "test", "pretrain")
 # Image folders read only these split folders, so a pretrain/ folder is ignored there.
 FOLDER_SPLITS = ("train", "val", "test")
@@ -53,11 +58,20 @@ class Sample:
 
     `key` identifies the image within its task: a POSIX path relative to the
     task root for file tasks, or an identifier such as "d3/17" for tasks backed
-    by in-memory arrays. `label` indexes `Task.classnames`.
+    by in-memory arrays. `label` indexes `Task.classnames`. A sample of a
+    multi-label task has `label` set to its smallest class index and
+    `other_labels` set to its other class indices, sorted ascending. For a
+    single-label task `other_labels` is empty.
     """
 
     key: str
     label: int
+    other_labels: tuple[int, ...] = ()
+
+    @property
+    def labels(self) -> tuple[int, ...]:
+        """All class indices of the sample, `label` first."""
+        return (self.label, *self.other_labels)
 
 
 @dataclass
@@ -71,6 +85,7 @@ class Task:
     splits: dict[str, list[Sample]]
     image_loader: Callable[[str], Image.Image] = field(repr=False)
     source: str = ""
+    multilabel: bool = False
 
     def __post_init__(self) -> None:
         self._validate_classnames()
@@ -128,6 +143,23 @@ class Task:
                 f"use one of: {', '.join(METRICS)}"
             )
 
+        if self.metric == "roc_auc" and self.num_classes != 2:
+            raise TaskError(
+                f"task '{self.name}' has metric 'roc_auc' but {self.num_classes} classes; ROC AUC "
+                "scores the probability of class index 1 against class index 0, so it needs exactly "
+                "2 classes; use 'accuracy' or 'mean_per_class_accuracy' instead"
+            )
+        if self.multilabel and self.metric != "map_11point":
+            raise TaskError(
+                f"task '{self.name}' is multi-label but has metric '{self.metric}', which needs one label per "
+                "image; use 'map_11point'"
+            )
+        if self.metric == "map_11point" and not self.multilabel:
+            raise TaskError(
+                f"task '{self.name}' has metric 'map_11point' but is single-label; set "
+                "multilabel=True for a multi-label task, or use 'accuracy' or 'mean_per_class_accuracy'"
+            )
+
     def _validate_splits(self) -> None:
         unknown = sorted(set(self.splits) - set(SPLITS))
         if unknown:
@@ -146,23 +178,46 @@ class Task:
         for split_name, samples in self.splits.items():
             seen_keys: set[str] = set()
             for sample in samples:
-                label = sample.label
-                if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
-                    raise TaskError(
-                        f"task '{self.name}', split '{split_name}': sample '{sample.key}' has "
-                        f"non-integer label {label!r}; labels are class indices"
-                    )
-                if not 0 <= label < self.num_classes:
-                    raise TaskError(
-                        f"task '{self.name}', split '{split_name}': sample '{sample.key}' has label "
-                        f"{label}, outside 0..{self.num_classes - 1} for {self.num_classes} classes"
-                    )
+                self._validate_sample_labels(split_name, sample)
                 if sample.key in seen_keys:
                     raise TaskError(
                         f"task '{self.name}', split '{split_name}': sample key '{sample.key}' occurs "
                         "more than once; list each image once per split"
                     )
                 seen_keys.add(sample.key)
+
+    def _validate_sample_labels(self, split_name: str, sample: Sample) -> None:
+        where = f"task '{self.name}', split '{split_name}': sample '{sample.key}'"
+        if not isinstance(sample.other_labels, tuple):
+            raise TaskError(
+                f"{where} has other_labels of type {type(sample.other_labels).__name__}; "
+                "other_labels must be a tuple of class indices"
+            )
+        if sample.other_labels and not self.multilabel:
+            raise TaskError(
+                f"{where} has other_labels {sample.other_labels!r} but the task is single-label; "
+                "give each sample one label, or set multilabel=True on the task"
+            )
+
+        for label in sample.labels:
+            if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+                raise TaskError(f"{where} has non-integer label {label!r}; labels are class indices")
+            if not 0 <= label < self.num_classes:
+                raise TaskError(
+                    f"{where} has label {label}, outside 0..{self.num_classes - 1} "
+                    f"for {self.num_classes} classes"
+                )
+
+        # One canonical form per label set keeps split files and few-shot
+        # selection independent of how a reader listed the labels.
+        if sample.other_labels and (
+            list(sample.other_labels) != sorted(set(sample.other_labels)) or sample.other_labels[0] <= sample.label
+        ):
+            raise TaskError(
+                f"{where} has label {sample.label} and other_labels {sample.other_labels!r}; a multi-label "
+                "sample needs label = its smallest class index and other_labels = the rest, sorted ascending "
+                "without repeats"
+            )
 
 
 @dataclass(frozen=True)

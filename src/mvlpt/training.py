@@ -36,7 +36,7 @@ from .backbone import FrozenCLIP, load_backbone
 from .builtin import resolve_task
 from .checkpoints import check_compatible, load_prompt_checkpoint, load_state_strict, save_prompt_checkpoint
 from .config import RunConfig, dump_config
-from .evaluation import ImageDataset, compute_metrics, encode_dataset, predict, zero_shot_metrics
+from .evaluation import ImageDataset, encode_dataset, predict, task_metrics, zero_shot_metrics
 from .fewshot import FewShotSplit, read_split, sample_few_shot, write_split
 from .model import PromptedCLIP, build_prompt_learner, vpt_templates
 from .multitask import LabelSpace, MultitaskSampler, classification_loss, task_restricted_logits
@@ -73,9 +73,12 @@ def absolute_task_paths(config: RunConfig) -> None:
     runs from another working directory.
     """
     from .builtin import BUILTIN_TASKS
+    from .datasets.catalog import is_catalog_name
 
     config.data.tasks = [
-        spec if spec in BUILTIN_TASKS or not Path(spec).exists() else str(Path(spec).resolve())
+        spec
+        if spec in BUILTIN_TASKS or is_catalog_name(spec) or not Path(spec).exists()
+        else str(Path(spec).resolve())
         for spec in config.data.tasks
     ]
 
@@ -100,7 +103,14 @@ def choose_few_shot(config: RunConfig, task: Task, run_dir: Path) -> FewShotSpli
     path = fewshot_path(run_dir, task.name)
     if not path.exists():
         try:
-            split = sample_few_shot(task.splits["train"], task.num_classes, config.data.shots, config.seed, task.classnames)
+            split = sample_few_shot(
+                task.splits["train"],
+                task.num_classes,
+                config.data.shots,
+                config.seed,
+                task.classnames,
+                multilabel=task.multilabel,
+            )
         except ValueError as error:
             raise RunError(f"task {task.name}: {error}") from error
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,12 +123,18 @@ def choose_few_shot(config: RunConfig, task: Task, run_dir: Path) -> FewShotSpli
             f"{path} contains a {split.shots}-shot split for seed {split.seed}, but the run asks for "
             f"{config.data.shots} shots and seed {config.seed}; use another output_dir or delete the file"
         )
-    pool = {sample.key: sample.label for sample in task.splits["train"]}
-    foreign = [sample for sample in (*split.train, *split.val) if pool.get(sample.key) != sample.label]
+    if split.multilabel != task.multilabel:
+        kind = "multi-label" if split.multilabel else "single-label"
+        raise RunError(
+            f"{path} contains a {kind} split, but task {task.name} is not {kind}; "
+            "the file belongs to another task, so use another output_dir or delete the file"
+        )
+    pool = {sample.key: sample.labels for sample in task.splits["train"]}
+    foreign = [sample for sample in (*split.train, *split.val) if pool.get(sample.key) != sample.labels]
     if foreign:
         raise RunError(
             f"{path} lists {len(foreign)} image(s) that are not in the training split of task {task.name} "
-            f"with that label, for example {foreign[0].key!r}; the file belongs to another task or data version"
+            f"with those labels, for example {foreign[0].key!r}; the file belongs to another task or data version"
         )
     return split
 
@@ -154,12 +170,15 @@ def prepare_task_data(
 ) -> list[TaskData]:
     """Datasets of every task and split, with frozen image features encoded once when ``reuse_features``.
 
-    Labels are in the union label space. ``few_shot`` gives each task's
-    training and validation samples; without it, only "test" (or a split
-    named in ``split_names``) of the task itself is used.
+    Labels are in the union label space: class indices, or multi-hot vectors
+    over the whole union for every task when any task is multi-label.
+    ``few_shot`` gives each task's training and validation samples; without
+    it, only "test" (or a split named in ``split_names``) of the task itself
+    is used.
     """
     eval_transform = backbone.preprocess
     train_tf = train_transform(backbone) if config.data.augment else eval_transform
+    num_targets = label_space.num_classes if any(task.multilabel for task in tasks) else None
     result = []
     for index, task in enumerate(tasks):
         offset = label_space.offsets[index]
@@ -173,7 +192,9 @@ def prepare_task_data(
             if samples[name] is None:
                 raise RunError(f"task {task.name} has no {name!r} split; it has {', '.join(sorted(task.splits))}")
             transform = train_tf if name == "train" else eval_transform
-            dataset = ImageDataset(task, samples[name], transform, task_index=index, label_offset=offset)
+            dataset = ImageDataset(
+                task, samples[name], transform, task_index=index, label_offset=offset, num_targets=num_targets
+            )
             item = SplitData(dataset)
             if reuse_features:
                 # The image features do not depend on the prompt: encode each image once for the whole run.
@@ -267,7 +288,10 @@ def evaluate_tasks(
     config: RunConfig,
     autocast_dtype: torch.dtype | None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics of each task on one split, each scored over its own classes only."""
+    """Metrics of each task on one split, each scored over its own classes only.
+
+    Raises ValueError when a task's own metric is undefined on the split.
+    """
     results = {}
     for item in task_data:
         split = item.splits[split_name]
@@ -283,8 +307,23 @@ def evaluate_tasks(
             description=f"{split_name} {item.task.name}",
             class_indices=classes,
         )
-        results[item.task.name] = compute_metrics(logits, labels - item.classes.start)
+        results[item.task.name] = task_metrics(logits, _task_labels(labels, item), item.task, split_name)
     return results
+
+
+def _task_labels(labels: torch.Tensor, item: TaskData) -> torch.Tensor:
+    """Turn union-space labels of one task's samples into that task's own labels.
+
+    Multi-hot rows keep the task's columns; a single-label task in a run
+    with multi-hot targets gets back its class index.
+    """
+    if labels.dim() == 1:
+        return labels - item.classes.start
+
+    own_columns = labels[:, item.classes.start : item.classes.stop]
+    if item.task.multilabel:
+        return own_columns
+    return own_columns.argmax(dim=1)
 
 
 def average_task_metric(per_task: dict[str, dict[str, float]], tasks: list[Task]) -> float:
@@ -517,6 +556,11 @@ def _training_batches(task_data: list[TaskData], config: RunConfig, generator: t
 
 
 def _train_epoch(model, task_data, label_space, optimizer, config, autocast_dtype, generator) -> tuple[float, float]:
+    """Run one epoch; return the mean loss and the training accuracy in percent.
+
+    With multi-hot targets the accuracy counts a sample as correct when its
+    highest logit is one of its positive classes.
+    """
     device = model.backbone.device
     model.train()
     restrict = config.train.label_space == "task" and label_space.num_tasks > 1
@@ -528,9 +572,12 @@ def _train_epoch(model, task_data, label_space, optimizer, config, autocast_dtyp
         if restrict:
             # Only the classes of the tasks in this batch need text features.
             class_indices = label_space.classes_of_tasks(tasks)
-            position = torch.full((label_space.num_classes,), -1, dtype=torch.long)
-            position[class_indices] = torch.arange(len(class_indices))
-            labels = position[labels]
+            if labels.dim() == 2:
+                labels = labels[:, class_indices]
+            else:
+                position = torch.full((label_space.num_classes,), -1, dtype=torch.long)
+                position[class_indices] = torch.arange(len(class_indices))
+                labels = position[labels]
 
         with autocast_context(device, autocast_dtype):
             if features is not None:
@@ -548,7 +595,11 @@ def _train_epoch(model, task_data, label_space, optimizer, config, autocast_dtyp
         optimizer.step()
 
         total_loss += loss.item() * len(labels)
-        correct += int((logits.argmax(dim=-1) == labels).sum())
+        predictions = logits.argmax(dim=-1)
+        if labels.dim() == 2:
+            correct += int((labels.gather(1, predictions.unsqueeze(1)) > 0).sum())
+        else:
+            correct += int((predictions == labels).sum())
         count += len(labels)
     return total_loss / max(count, 1), 100.0 * correct / max(count, 1)
 

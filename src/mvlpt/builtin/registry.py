@@ -142,13 +142,22 @@ def load_builtin(name: str, root: Path | None = None) -> Task:
 
 
 def resolve_task(spec: str, root: Path | None = None) -> Task:
-    """Load the task named by `spec`: a built-in name, an image folder, or a .csv manifest.
+    """Load the task named by `spec`: a built-in name, a benchmark task, an image folder, or a .csv manifest.
 
-    Built-in names win over a folder of the same name in the working
-    directory; write "./mnist" to mean the folder.
+    Benchmark tasks are the ELEVATER and CoOp tasks of `mvlpt.datasets`,
+    loaded as `mvlpt data prepare` left them under `root`. Built-in and
+    benchmark names win over a folder of the same name in the working
+    directory; write "./dtd" to mean the folder.
     """
     if spec.lower() in BUILTIN_TASKS:
         return load_builtin(spec, root)
+
+    # Imported here because mvlpt.datasets imports this module for BUILTIN_TASKS.
+    from mvlpt.datasets.catalog import is_catalog_name, lookup
+    from mvlpt.datasets.prepare import load_prepared
+
+    if is_catalog_name(spec):
+        return load_prepared(lookup(spec), root)
 
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -157,7 +166,26 @@ def resolve_task(spec: str, root: Path | None = None) -> Task:
         return load_csv_manifest(path)
 
     raise TaskError(
-        f"task '{spec}' is neither a built-in task ({', '.join(sorted(BUILTIN_TASKS))}), an existing "
-        "image folder (train/<class>/<image> and test/<class>/<image>), nor a .csv manifest "
+        f"task '{spec}' is neither a built-in task ({', '.join(sorted(BUILTIN_TASKS))}), a benchmark task "
+        "(see `mvlpt data list`), an existing image folder (train/<class>/<image> and test/<class>/<image>), nor a .csv manifest "
         "(columns path,label,split)"
     )
+
+
+def task_identity(spec: str) -> str:
+    """Return one string per distinct task, so that specs naming the same task compare equal.
+
+    Built-in names compare case-insensitively, benchmark names by their
+    qualified catalog name (``cifar10``, ``cifar-10`` and
+    ``elevater:cifar-10`` are one task), and paths by their resolved form.
+    Nothing is loaded.
+    """
+    if spec.lower() in BUILTIN_TASKS:
+        return spec.lower()
+
+    from mvlpt.datasets.catalog import find_entry
+
+    entry = find_entry(spec)
+    if entry is not None:
+        return ":".join(entry)
+    return str(Path(spec).expanduser().resolve())

@@ -431,3 +431,27 @@ def test_config_keeps_coop_and_elevater_versions_apart(tasks, tmp_path):
     data["groups"] = []
     config = pipeline_config_from_dict(data)
     assert config.target_tasks == ["dtd"]
+
+
+def test_pipeline_resumes_run_given_relative_task_paths(tasks, tmp_path, monkeypatch):
+    from mvlpt import pipeline, training
+    from mvlpt.config import dump_config
+
+    monkeypatch.chdir(Path(tasks[0]).parent)
+    relative = [Path(task).name for task in tasks]
+    data = pipeline_dict(tasks, tmp_path / "out", source_tasks=relative[:2], target_tasks=relative[2:], groups=[])
+    config = pipeline_config_from_dict(data)
+    step = next(step for step in plan_pipeline(config) if step.kind == "source")
+
+    # An interrupted run: train() wrote config.yaml with absolute task paths, and no results.json.
+    started = config.run_config(step.method, step.tasks, step.shots, step.seed, step.directory, step.init)
+    training.absolute_task_paths(started)
+    step.directory.mkdir(parents=True)
+    dump_config(started, step.directory / "config.yaml")
+
+    resumed = []
+    monkeypatch.setattr(training, "train", resumed.append)
+    pipeline._execute(config, step)
+
+    assert len(resumed) == 1
+    assert resumed[0].data.tasks == [str(Path(task).resolve()) for task in tasks[:2]]

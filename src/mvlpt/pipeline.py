@@ -736,6 +736,8 @@ def _execute(config: PipelineConfig, step: Step) -> None:
         _average_sources(step)
     else:
         run = config.run_config(step.method, step.tasks, step.shots, step.seed, step.directory, step.init)
+        # train() records task folders and manifests as absolute paths, so compare in that form.
+        training.absolute_task_paths(run)
         _check_run_directory(run, step.directory)
         training.train(run)
 

@@ -455,3 +455,12 @@ def test_pipeline_resumes_run_given_relative_task_paths(tasks, tmp_path, monkeyp
 
     assert len(resumed) == 1
     assert resumed[0].data.tasks == [str(Path(task).resolve()) for task in tasks[:2]]
+
+
+def test_config_group_other_spelling_named(tasks, tmp_path):
+    fruit, stone = str(tasks[2]), str(tasks[3])
+    with pytest.raises(ConfigError) as error:
+        pipeline_config_from_dict(pipeline_dict(tasks, tmp_path, groups=[[fruit + "/", stone]]))
+    message = str(error.value)
+    assert "under another spelling" in message
+    assert f"write {fruit!r}" in message

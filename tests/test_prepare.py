@@ -167,8 +167,9 @@ def test_moved_data_named(tmp_path, sst2_repo, no_hub):
     root = tmp_path / "data"
     prepare.prepare_task("rendered-sst2", root=root, from_path=sst2_repo)
     sst2_repo.rename(tmp_path / "moved")
-    with pytest.raises(TaskError, match="is gone; prepare it again with: mvlpt data prepare rendered-sst2"):
+    with pytest.raises(TaskError, match="is gone; if it moved, prepare it again with: mvlpt data prepare rendered-sst2") as raised:
         resolve_task("rendered-sst2", root)
+    assert "--from NEW_LOCATION --source wds" in str(raised.value)
 
 
 def test_failed_check_writes_no_marker(tmp_path, no_hub):

@@ -250,10 +250,7 @@ class PipelineConfig:
                 )
             for task in group:
                 if task not in self.target_tasks:
-                    raise ConfigError(
-                        f"{path}={group!r} is invalid: {task!r} is not in target_tasks. "
-                        "Groups are made of target tasks; add it to target_tasks or remove it from the group."
-                    )
+                    raise ConfigError(f"{path}={group!r} is invalid: {self._group_member_fix(task)}")
                 if group.count(task) > 1:
                     raise ConfigError(f"{path}={group!r} is invalid: {task!r} appears more than once. List it once.")
                 if task in owner and owner[task] != index:
@@ -262,6 +259,22 @@ class PipelineConfig:
                         "table has one group column. Put each task in one group at most."
                     )
                 owner[task] = index
+
+    def _group_member_fix(self, task: str) -> str:
+        """Explain why group member `task` is not in target_tasks: another spelling of a target, or no target."""
+        from .builtin.registry import task_identity
+
+        identity = task_identity(task)
+        spelled = [target for target in self.target_tasks if task_identity(target) == identity]
+        if spelled:
+            return (
+                f"{task!r} names the target task {spelled[0]!r} under another spelling. Groups must spell "
+                f"tasks as target_tasks does, so write {spelled[0]!r}."
+            )
+        return (
+            f"{task!r} is not in target_tasks. Groups are made of target tasks; add it to target_tasks or "
+            "remove it from the group."
+        )
 
     def _check_base(self) -> None:
         check_base_keys(self.base, RunConfig, "")

@@ -147,8 +147,9 @@ def resolve_task(spec: str, root: Path | None = None) -> Task:
     Benchmark tasks are the ELEVATER and CoOp tasks of `mvlpt.datasets`,
     loaded as `mvlpt data prepare` left them under `root`. Built-in and
     benchmark names win over a folder of the same name in the working
-    directory; write "./dtd" to mean the folder.
+    directory; write "./dtd" to mean the folder. Spaces around `spec` are ignored.
     """
+    spec = spec.strip()
     if spec.lower() in BUILTIN_TASKS:
         return load_builtin(spec, root)
 
@@ -178,8 +179,9 @@ def task_identity(spec: str) -> str:
     Built-in names compare case-insensitively, benchmark names by their
     qualified catalog name (``cifar10``, ``cifar-10`` and
     ``elevater:cifar-10`` are one task), and paths by their resolved form.
-    Nothing is loaded.
+    Spaces around `spec` are ignored. Nothing is loaded.
     """
+    spec = spec.strip()
     if spec.lower() in BUILTIN_TASKS:
         return spec.lower()
 

@@ -6,11 +6,15 @@ clip-benchmark package (version 1.6.2, read from its installed JSON files)
 where it has them, and otherwise from `tables.json` in this package, which
 names the source of every table.
 
-Names: a spec may carry a suite prefix, "elevater:" or "coop:". A bare name,
-or an alias such as ELEVATER's "oxford-iiit-pets" or clip-benchmark's "pets",
-means the ELEVATER task when one matches and the CoOp dataset otherwise. So
-"caltech-101" is ELEVATER's Caltech-101 and "coop:caltech-101" is CoOp's
-split of it. The bare name "mnist" stays the offline built-in task (see
+Names: a spec may carry a suite prefix, "elevater:" or "coop:". CoOp's
+dataset class names, spelled exactly as CoOp's DATASET.NAME ("Caltech101",
+"EuroSAT", "Food101"), always mean the CoOp dataset, so a list copied from
+CoOp's configs gets CoOp's splits only. Any other bare name or alias, such as
+ELEVATER's "oxford-iiit-pets" or clip-benchmark's "pets", is matched without
+regard to case and means the ELEVATER task when one matches and the CoOp
+dataset otherwise. So "caltech-101" and "caltech101" are ELEVATER's
+Caltech-101, while "Caltech101" and "coop:caltech-101" are CoOp's split of
+it. The bare name "mnist" stays the offline built-in task (see
 `mvlpt.builtin`), so ELEVATER's MNIST is "elevater:mnist".
 """
 
@@ -42,6 +46,7 @@ class TaskSpec:
     against this table. `table_source` names where `classnames` and
     `templates` come from. `sources` lists the `--source` values of
     `mvlpt data prepare` that can read this task, the default first.
+    `coop_name` is CoOp's DATASET.NAME of a CoOp dataset, matched case-sensitively.
     """
 
     name: str
@@ -58,6 +63,7 @@ class TaskSpec:
     coop_dir: str | None
     elevater_name: str | None = None
     sources: tuple[str, ...] = ()
+    coop_name: str | None = None
 
     @property
     def qualified_name(self) -> str:
@@ -92,6 +98,8 @@ class _Entry:
     wds_repo: str | None = None
     elevater_name: str | None = None
     coop_dir: str | None = None
+    # CoOp's DATASET.NAME, e.g. "Caltech101"; this exact spelling always names the CoOp dataset.
+    coop_name: str | None = None
     # clip-benchmark class names to leave out, for CoOp's Caltech-101 which drops two classes.
     drop_classes: tuple[str, ...] = ()
     # (index, name) replacements that make repeated names unique, since a Task rejects repeated class names.
@@ -154,33 +162,42 @@ _COOP_ENTRIES = (
     # clip-benchmark's ImageNet table names two pairs of classes alike; the WordNet lemmas of
     # n04008634 ("projectile, missile") and n04355933 ("sunglass") tell them apart.
     _Entry("imagenet", "ImageNet", ("imagenet1k", "imagenet-1k"), "cb:imagenet1k", "cb:imagenet1k",
-           coop_dir="imagenet", rename_classes=((744, "projectile"), (836, "sunglass")), sources=_COOP),
+           coop_dir="imagenet", coop_name="ImageNet", rename_classes=((744, "projectile"), (836, "sunglass")), sources=_COOP),
     _Entry("caltech-101", "Caltech-101 (CoOp split)", ("caltech101",), "cb:caltech101", "cb:caltech101",
-           coop_dir="caltech-101", drop_classes=("background", "centered face"), sources=_COOP),
+           coop_dir="caltech-101", coop_name="Caltech101", drop_classes=("background", "centered face"), sources=_COOP),
     _Entry("oxford-pets", "Oxford-IIIT Pets (CoOp split)", ("oxfordpets", "pets"), "cb:pets", "cb:pets",
-           coop_dir="oxford_pets", sources=_COOP),
+           coop_dir="oxford_pets", coop_name="OxfordPets", sources=_COOP),
     _Entry("stanford-cars", "Stanford Cars (CoOp split)", ("stanfordcars", "cars"), "mvlpt:stanford_cars", "cb:cars",
-           coop_dir="stanford_cars", sources=_COOP),
+           coop_dir="stanford_cars", coop_name="StanfordCars", sources=_COOP),
     _Entry("flowers-102", "Oxford Flowers-102 (CoOp split)", ("oxfordflowers", "flowers"), "cb:flowers", "cb:flowers",
-           coop_dir="oxford_flowers", sources=_COOP),
+           coop_dir="oxford_flowers", coop_name="OxfordFlowers", sources=_COOP),
     _Entry("food-101", "Food-101 (CoOp split)", ("food101",), "mvlpt:food101", "cb:food101",
-           coop_dir="food-101", sources=_COOP),
+           coop_dir="food-101", coop_name="Food101", sources=_COOP),
     _Entry("fgvc-aircraft", "FGVC-Aircraft (CoOp split)", ("fgvcaircraft", "fgvc_aircraft"), "mvlpt:fgvc_aircraft",
-           "cb:fgvc_aircraft", coop_dir="fgvc_aircraft", sources=_COOP),
-    _Entry("sun397", "SUN397", ("sun-397",), "mvlpt:sun397", "cb:sun397", coop_dir="sun397", sources=_COOP),
+           "cb:fgvc_aircraft", coop_dir="fgvc_aircraft", coop_name="FGVCAircraft", sources=_COOP),
+    _Entry("sun397", "SUN397", ("sun-397",), "mvlpt:sun397", "cb:sun397", coop_dir="sun397", coop_name="SUN397", sources=_COOP),
     _Entry("dtd", "Describable Textures (CoOp split)", ("describabletextures",), "mvlpt:dtd", "cb:dtd",
-           coop_dir="dtd", sources=_COOP),
-    _Entry("eurosat", "EuroSAT (CoOp split)", (), "cb:eurosat", "cb:eurosat", coop_dir="eurosat", sources=_COOP),
+           coop_dir="dtd", coop_name="DescribableTextures", sources=_COOP),
+    _Entry("eurosat", "EuroSAT (CoOp split)", (), "cb:eurosat", "cb:eurosat", coop_dir="eurosat", coop_name="EuroSAT", sources=_COOP),
     _Entry("ucf101", "UCF101 (middle video frames)", ("ucf-101",), "mvlpt:ucf101", "mvlpt:ucf101",
-           coop_dir="ucf101", sources=_COOP),
+           coop_dir="ucf101", coop_name="UCF101", sources=_COOP),
 )
 
 _ENTRIES = {"elevater": _ELEVATER_ENTRIES, "coop": _COOP_ENTRIES}
 
 
 def find_entry(name: str) -> tuple[str, str] | None:
-    """Return (suite, canonical name) of the catalog task `name` refers to, or None, without reading any table."""
-    text = name.strip().lower()
+    """Return (suite, canonical name) of the catalog task `name` refers to, or None, without reading any table.
+
+    CoOp's exact DATASET.NAME spellings name CoOp datasets first; everything
+    else is matched case-insensitively, ELEVATER before CoOp.
+    """
+    stripped = name.strip()
+    for entry in _COOP_ENTRIES:
+        if stripped == entry.coop_name:
+            return "coop", entry.name
+
+    text = stripped.lower()
     prefix, _, bare = text.rpartition(":")
     if prefix and prefix not in SUITES:
         return None
@@ -204,8 +221,8 @@ def lookup(name: str) -> TaskSpec:
     if found is None:
         raise TaskError(
             f"unknown benchmark task '{name}'; ELEVATER tasks: {', '.join(e.name for e in _ELEVATER_ENTRIES)}; "
-            f"CoOp datasets (prefix 'coop:' where ELEVATER has the same name): "
-            f"{', '.join(e.name for e in _COOP_ENTRIES)}"
+            f"CoOp datasets (prefix 'coop:' where ELEVATER has the same name, or use CoOp's exact DATASET.NAME "
+            f"such as 'Caltech101'): {', '.join(e.name for e in _COOP_ENTRIES)}"
         )
     suite, canonical = found
     return _catalog()[suite][canonical]
@@ -263,6 +280,7 @@ def _build_spec(suite: str, entry: _Entry) -> TaskSpec:
         coop_dir=entry.coop_dir,
         elevater_name=entry.elevater_name,
         sources=entry.sources,
+        coop_name=entry.coop_name,
     )
 
 

@@ -32,9 +32,10 @@ def match_classnames(spec: TaskSpec, data_names: Sequence[str], source: str) -> 
 
     The data must have as many classes as the catalog table, or TaskError
     names both counts. When every data name equals a table name after
-    `normalize_classname`, the table's spelling is used. Otherwise the names
-    differ in content, so the data's names are used with underscores turned
-    into spaces, and a warning lists the first differences.
+    `normalize_classname`, the table's spelling is used. When no data name
+    matches, the data belongs to another task, and TaskError lists examples.
+    Otherwise the names differ in content, so the data's names are used with
+    underscores turned into spaces, and a warning lists the first differences.
     """
     if len(data_names) != len(spec.classnames):
         raise TaskError(
@@ -46,6 +47,13 @@ def match_classnames(spec: TaskSpec, data_names: Sequence[str], source: str) -> 
     unmatched = [name for name in data_names if normalize_classname(name) not in table_by_key]
     if not unmatched:
         return [table_by_key[normalize_classname(name)] for name in data_names]
+    if len(unmatched) == len(data_names):
+        raise TaskError(
+            f"{source}: none of the {len(data_names)} class names is in the table of task '{spec.task_name}' "
+            f"({spec.table_source}); the data has e.g. {', '.join(repr(n) for n in data_names[:MAX_EXAMPLES])}, "
+            f"the table {', '.join(repr(n) for n in spec.classnames[:MAX_EXAMPLES])}. Check that the files "
+            f"belong to {spec.title}"
+        )
 
     logger.warning(
         "%s: %d of %d class names are not in the table of task '%s' (%s), e.g. %s; "

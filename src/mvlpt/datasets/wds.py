@@ -84,10 +84,12 @@ class WdsImageLoader:
         try:
             return open_image_file(io.BytesIO(data))
         except ImageLoadError as error:
+            # The cause's text names the in-memory buffer, not the file, so only its type is shown.
+            cause = error.__cause__
             raise ImageLoadError(
-                f"cannot decode image '{key}' in shard {path}: {error.__cause__}; the shard may be damaged, "
-                "so download it again"
-            ) from error.__cause__
+                f"cannot decode image '{key}' (member key '{key.rpartition('/')[2]}') in shard {path}: "
+                f"{type(cause).__name__}; the shard may be damaged, so download it again"
+            ) from cause
 
 
 def read_member_bytes(path: Path, location: MemberLocation) -> bytes:
@@ -121,7 +123,7 @@ def load_wds(root: Path, spec: TaskSpec, index_path: Path | None = None) -> Task
     classnames_path = root / CLASSNAMES_FILE
     if not classnames_path.is_file():
         raise TaskError(f"{classnames_path} not found; {_layout_hint(spec)}")
-    data_names = [line.strip() for line in classnames_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    data_names = [line.strip() for line in _read_text(classnames_path, spec).splitlines() if line.strip()]
     classnames = match_classnames(spec, data_names, str(classnames_path))
     _check_dataset_type(root, spec)
 
@@ -151,6 +153,17 @@ def load_wds(root: Path, spec: TaskSpec, index_path: Path | None = None) -> Task
     )
 
 
+def _read_text(path: Path, spec: TaskSpec) -> str:
+    """Read the UTF-8 text file `path` of a repository copy, or raise TaskError naming it and the fix."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise TaskError(
+            f"{path} is not UTF-8 text ({error}); download it again from the dataset repository "
+            f"{spec.wds_repo or 'clip-benchmark/wds_<name>'}"
+        ) from error
+
+
 def _layout_hint(spec: TaskSpec) -> str:
     repository = spec.wds_repo or "a clip-benchmark/wds_<name> repository"
     return (
@@ -161,7 +174,7 @@ def _layout_hint(spec: TaskSpec) -> str:
 
 def _check_dataset_type(root: Path, spec: TaskSpec) -> None:
     type_path = root / DATASET_TYPE_FILE
-    dataset_type = type_path.read_text(encoding="utf-8").strip().lower() if type_path.is_file() else "classification"
+    dataset_type = _read_text(type_path, spec).strip().lower() if type_path.is_file() else "classification"
     if (dataset_type == "multilabel") != spec.multilabel:
         expected = "multi-label" if spec.multilabel else "single-label"
         raise TaskError(
@@ -184,7 +197,13 @@ def _find_shards(root: Path, split_name: str, spec: TaskSpec) -> list[str]:
 
     count_path = split_dir / SHARD_COUNT_FILE
     if count_path.is_file():
-        expected = int(count_path.read_text(encoding="utf-8").strip())
+        text = _read_text(count_path, spec).strip()
+        if not (text.isascii() and text.isdigit()):
+            raise TaskError(
+                f"{count_path} contains {text!r}, not a shard count; it should hold the number of .tar files "
+                f"in {split_dir}, so download it again or delete it"
+            )
+        expected = int(text)
         if expected != len(shards):
             raise TaskError(
                 f"{count_path} lists {expected} shards, but {split_dir} contains {len(shards)} .tar files; "
@@ -263,7 +282,13 @@ def _index_shard(path: Path, shard_number: int, spec: TaskSpec) -> list[list]:
 
 def _parse_labels(raw: bytes, suffix: str, path: Path, key: str, spec: TaskSpec) -> list[int]:
     if suffix == "cls":
-        text = raw.decode("utf-8").strip()
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as error:
+            raise TaskError(
+                f"shard {path}: label member '{key}.cls' is not UTF-8 text ({error}); the shard is damaged, "
+                "so download it again"
+            ) from error
         if not re.fullmatch(r"\d+", text):
             raise TaskError(f"shard {path}: label of '{key}' is {text!r}, not a class index")
         indices = [int(text)]
@@ -284,6 +309,28 @@ def _parse_labels(raw: bytes, suffix: str, path: Path, key: str, spec: TaskSpec)
                 f"shard {path}: '{key}' has label {index}, outside 0..{spec.num_classes - 1} for {spec.title}"
             )
     return indices
+
+
+def is_complete_wds_copy(root: Path) -> bool:
+    """Report whether `root` has classnames.txt and, for each split, the number of shards its nshards.txt lists.
+
+    A split without nshards.txt counts as complete when it has at least one shard.
+    """
+    root = Path(root)
+    if not (root / CLASSNAMES_FILE).is_file():
+        return False
+
+    for split_name in WDS_SPLITS:
+        split_dir = root / split_name
+        shard_count = len(list(split_dir.glob("*.tar"))) if split_dir.is_dir() else 0
+        if shard_count == 0:
+            return False
+        count_path = split_dir / SHARD_COUNT_FILE
+        if count_path.is_file():
+            text = count_path.read_bytes().decode("utf-8", errors="replace").strip()
+            if not (text.isascii() and text.isdigit()) or int(text) != shard_count:
+                return False
+    return True
 
 
 def is_wds_folder(root: Path) -> bool:

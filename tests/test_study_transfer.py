@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +164,7 @@ def test_study_writes_analysis(finished):
     assert (analysis / "gain_matrix-coop-2shot.png").read_bytes()[:4] == b"\x89PNG"
     assert "<svg" in (analysis / "gain_matrix-coop-2shot.svg").read_text()
     assert result.report.summary.startswith("# Task transfer study")
+    assert "Runs finished: 9 of 9 planned." in result.report.summary
     assert yaml.safe_load((Path(config.output_dir) / "transfer.yaml").read_text())["tasks"] == config.tasks
 
 
@@ -294,6 +299,58 @@ def test_cli_dry_run_and_analyse_only(finished, monkeypatch, capsys, tmp_path):
     assert started == []
 
 
+def test_dry_run_reports_other_settings(finished, tmp_path, capsys):
+    config, _ = finished
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+
+    assert main(["study", "transfer", str(path), "--dry-run", "base.train.epochs=10"]) == 2
+    captured = capsys.readouterr()
+    assert "9 run directories contain runs with other settings" in captured.out
+    assert "(other settings: train.epochs differ)" in captured.out
+    assert "(finished)" not in captured.out
+    assert "contain runs with other settings (9 found)" in captured.err
+
+
+def test_missing_tasks_rejected_before_runs(tasks, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MVLPT_DATA_ROOT", str(tmp_path / "data"))
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study_dict([tasks[0], "nosuchtask", "cifar-100"], tmp_path / "out")))
+    started = count_runs(monkeypatch)
+
+    for options in (["--dry-run"], []):
+        assert main(["study", "transfer", str(path), *options]) == 2
+        error = capsys.readouterr().err
+        assert "2 of the study's tasks cannot be used" in error
+        assert "task 'nosuchtask' is neither a built-in task" in error
+        assert "prepare it with: mvlpt data prepare cifar-100" in error
+    assert started == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_marks_failed_runs(tasks, tmp_path, monkeypatch, capsys, no_similarity):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study_dict(tasks[:2], tmp_path / "out")))
+    count_runs(monkeypatch, fail=lambda job: job.id == "coop/2shot/single/grass/seed1")
+    assert main(["study", "transfer", str(path)]) == 1
+    capsys.readouterr()
+
+    assert main(["study", "transfer", str(path), "--dry-run"]) == 0
+    output = capsys.readouterr().out
+    assert output.startswith("4 runs, 2 finished, 2 to run (2 of them failed or were blocked in the latest command")
+    assert "single/grass/seed1 (failed)" in output
+    assert "pair/grass/sky/seed1 (blocked)" in output
+
+
+def test_analyse_only_without_runs_rejected(tasks, tmp_path, capsys):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study_dict(tasks, tmp_path / "typo")))
+    assert main(["study", "transfer", str(path), "--analyse-only"]) == 2
+    error = capsys.readouterr().err
+    assert f"none of the 9 runs of this study has finished in {tmp_path / 'typo'}" in error
+    assert not (tmp_path / "typo").exists()
+
+
 def test_changed_settings_rejected(finished):
     config, _ = finished
     changed = transfer_config_from_dict({**config.to_dict(), "base": {**config.base, "train": {**config.base["train"], "lr": 0.01}}})
@@ -357,18 +414,17 @@ def test_threads_set_and_restored(tasks, tmp_path):
     assert ProcessPoolJobExecutor(workers=64).threads == 1
 
 
-def test_dead_worker_reported_and_replaced(tasks, tmp_path):
+def test_dead_worker_unstarted_job_resubmitted(tasks, tmp_path):
     sky, grass = [job for job in plan_transfer(study_config(tasks[:2], tmp_path / "out")) if job.kind == "single"]
     executor = ProcessPoolJobExecutor(workers=1, threads=1)
     try:
         executor.submit(sky)
-        # The pool starts its worker on submit; killing it breaks the pool as running out of memory would.
+        # The pool starts its worker on submit; killing it before the job starts breaks the pool.
         for process in list(executor._pool._processes.values()):
             process.kill()
         job, outcome = executor.wait_one()
         assert job == sky
-        assert outcome.status == "failed"
-        assert "worker process ended abruptly" in outcome.error
+        assert outcome.status == "finished"
 
         executor.submit(grass)
         job, outcome = executor.wait_one()
@@ -376,6 +432,98 @@ def test_dead_worker_reported_and_replaced(tasks, tmp_path):
         assert outcome.status == "finished"
     finally:
         executor.close()
+
+
+def wait_for(condition, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the study's runs to start"
+        time.sleep(0.1)
+
+
+def test_dead_worker_fails_only_its_job(tasks, tmp_path):
+    config = study_config(tasks, tmp_path / "out", base={**study_dict(tasks, tmp_path)["base"], "train": {
+        "epochs": 30, "warmup_epochs": 0, "batch_size": 8, "precision": "fp32"}})
+    sky, grass, fruit = [job for job in plan_transfer(config) if job.kind == "single"]
+    executor = ProcessPoolJobExecutor(workers=2, threads=1)
+    try:
+        for job in (sky, grass, fruit):
+            executor.submit(job)
+        # Each run writes its worker's pid to run.lock while it trains; fruit waits in the pool's queue.
+        locks = [Path(job.directory) / "run.lock" for job in (sky, grass)]
+        wait_for(lambda: all(lock.is_file() and lock.read_text() for lock in locks))
+        os.kill(int(locks[0].read_text()), signal.SIGKILL)
+
+        outcomes = {}
+        for _ in range(3):
+            job, outcome = executor.wait_one()
+            outcomes[job.id] = outcome
+    finally:
+        executor.close()
+
+    assert outcomes[sky.id].status == "failed"
+    assert "killed by SIGKILL" in outcomes[sky.id].error
+    assert outcomes[grass.id].status == "finished"
+    assert outcomes[fruit.id].status == "finished"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker processes through /proc")
+def test_ctrl_c_stops_workers_and_queue(tasks, tmp_path):
+    data = study_dict(tasks, tmp_path / "out", workers=2, threads=1)
+    data["base"]["train"]["epochs"] = 500
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data))
+    study = subprocess.Popen(
+        [sys.executable, "-m", "mvlpt", "study", "transfer", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        # An asynchronous shell command may have SIGINT ignored, and a child keeps that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        # Two single runs train; the third waits in the pool's queue.
+        output = Path(data["output_dir"])
+        wait_for(lambda: len(list(output.rglob("metrics.jsonl"))) == 2)
+        started = sorted(log.parent for log in output.rglob("job.log"))
+        workers = [pid for pid in children(study.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(workers) == 2
+
+        # Ctrl-C sends SIGINT to the terminal's whole process group.
+        interrupted = time.monotonic()
+        os.killpg(study.pid, signal.SIGINT)
+        _, errors = study.communicate(timeout=30)
+        assert time.monotonic() - interrupted < 15
+    finally:
+        if study.poll() is None:
+            os.killpg(study.pid, signal.SIGKILL)
+            study.wait()
+
+    assert study.returncode == 130
+    assert b"interrupted; rerun the same command to resume" in errors
+    assert b"leaked semaphore" not in errors
+    assert sorted(log.parent for log in output.rglob("job.log")) == started
+    assert not any(Path(f"/proc/{pid}").exists() and not zombie(pid) for pid in workers)
+
+
+def children(pid):
+    """Return the ids of the processes whose parent is ``pid``, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def zombie(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 # Configuration ------------------------------------------------------------------------------

@@ -224,12 +224,15 @@ def _pipeline_epilog() -> str:
 
 def cmd_study_transfer(args: argparse.Namespace) -> int:
     from .study.config import load_transfer_config
-    from .study.jobs import plan_transfer
-    from .study.transfer import format_plan, run_transfer_study
+    from .study.jobs import check_existing_runs
+    from .study.transfer import format_plan, plan_study, read_failures, run_transfer_study
 
     config = load_transfer_config(args.config, args.overrides)
     if args.dry_run:
-        print(format_plan(plan_transfer(config)))
+        jobs = plan_study(config)
+        print(format_plan(jobs, read_failures(config.output_dir)))
+        # The real run would stop here, so the dry run fails the same way.
+        check_existing_runs(jobs)
         return 0
     result = run_transfer_study(config, analyse_only=args.analyse_only)
     print(result.report.summary, end="")
@@ -325,6 +328,8 @@ def _print_benchmark_tasks(root: Path) -> None:
             f"{spec.task_name}: {spec.title}, {spec.suite}, {spec.num_classes} classes, metric {spec.metric}, "
             f"sources {', '.join(spec.sources)}"
         )
+        if spec.coop_name:
+            print(f"  also named {spec.coop_name} (CoOp's DATASET.NAME, case-sensitive)")
         marker = read_marker(spec, root)
         if marker is None:
             print(f"  not prepared; prepare with: {prepare_command(spec, root)}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,18 @@ from .config import TransferConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JOB_LOG", "Job", "JobOutcome", "check_existing_runs", "plan_transfer", "run_job", "single_directory", "pair_directory"]
+__all__ = [
+    "JOB_LOG",
+    "Job",
+    "JobOutcome",
+    "check_existing_runs",
+    "check_tasks_exist",
+    "find_mismatched_runs",
+    "pair_directory",
+    "plan_transfer",
+    "run_job",
+    "single_directory",
+]
 
 SINGLE = "single"
 PAIR = "pair"
@@ -153,31 +165,77 @@ def _job(
     return Job(kind, method, shots, seed, target, source, str(directory), run_config, depends_on, job_id)
 
 
-def check_existing_runs(jobs: list[Job]) -> None:
-    """Raise RunError when run directories of the plan contain runs of other settings.
+def find_mismatched_runs(jobs: Sequence[Job]) -> dict[str, str]:
+    """Return, by job id, the run directories of the plan that contain a run of other settings, with the keys that differ.
 
-    Checking every directory before any job starts gives one error for a changed
-    study, instead of one failed job per run. Keys that do not change what a run
-    computes (mvlpt.rundir.IGNORED_KEYS) may differ.
+    Keys that do not change what a run computes (mvlpt.rundir.IGNORED_KEYS) may differ.
     """
     from ..config import load_config
     from ..rundir import IGNORED_KEYS, differing_keys
-    from ..runtime import RunError
 
-    mismatched = []
+    mismatched = {}
     for job in jobs:
         path = Path(job.directory) / "config.yaml"
         if not path.exists():
             continue
         differing = [key for key in differing_keys(load_config(path).to_dict(), job.run_config) if key not in IGNORED_KEYS]
         if differing:
-            mismatched.append(f"{job.directory} ({', '.join(differing[:5])} differ)")
-    if mismatched:
-        listed = "; ".join(mismatched[:3]) + (f"; and {len(mismatched) - 3} more" if len(mismatched) > 3 else "")
-        raise RunError(
-            f"run directories of this study contain runs with other settings ({len(mismatched)} found): {listed}. "
-            "Use another output_dir for the changed settings, or delete those run directories"
-        )
+            mismatched[job.id] = f"{', '.join(differing[:5])} differ"
+    return mismatched
+
+
+def check_existing_runs(jobs: Sequence[Job]) -> None:
+    """Raise RunError when run directories of the plan contain runs of other settings.
+
+    Checking every directory before any job starts gives one error for a changed
+    study, instead of one failed job per run.
+    """
+    from ..runtime import RunError
+
+    mismatched = find_mismatched_runs(jobs)
+    if not mismatched:
+        return
+    directories = {job.id: job.directory for job in jobs}
+    listed = [f"{directories[job_id]} ({keys})" for job_id, keys in mismatched.items()]
+    text = "; ".join(listed[:3]) + (f"; and {len(listed) - 3} more" if len(listed) > 3 else "")
+    raise RunError(
+        f"run directories of this study contain runs with other settings ({len(listed)} found): {text}. "
+        "Use another output_dir for the changed settings, or delete those run directories"
+    )
+
+
+def check_tasks_exist(config: TransferConfig) -> None:
+    """Raise TaskError naming every task of the study that cannot be found, before any run starts.
+
+    Built-in names, prepared benchmark tasks (their marker file exists), image
+    folders and existing .csv files pass without reading any image. Any other
+    spec goes to mvlpt.builtin.resolve_task, whose error names the fix, such as
+    the prepare command of an unprepared benchmark task. It returns without
+    reading images for such specs, because it fails before loading anything.
+    """
+    from ..builtin import BUILTIN_TASKS, resolve_task
+    from ..datasets.catalog import is_catalog_name, lookup
+    from ..datasets.prepare import read_marker
+    from ..tasks import TaskError
+
+    root_setting = (config.base.get("data") or {}).get("root")
+    root = Path(root_setting) if root_setting else None
+    problems = []
+    for spec in config.tasks:
+        path = Path(spec).expanduser()
+        try:
+            if spec.lower() in BUILTIN_TASKS:
+                continue
+            if is_catalog_name(spec):
+                if read_marker(lookup(spec), root) is not None:
+                    continue
+            elif path.is_dir() or (path.suffix.lower() == ".csv" and path.is_file()):
+                continue
+            resolve_task(spec, root)
+        except TaskError as error:
+            problems.append(str(error))
+    if problems:
+        raise TaskError(f"{len(problems)} of the study's tasks cannot be used: " + "; ".join(problems))
 
 
 def train_job(job: Job) -> None:

@@ -76,8 +76,16 @@ BEST_SOURCE_COLUMNS = ["method", "shots", "target", "rank", "source", "relative_
 GROUP_COLUMNS = ["method", "shots", "group", "size", "tasks", "min_gain_percent", "mean_gain_percent"]
 
 
-def write_report(config: TransferConfig, matrices: Sequence[GainMatrix], similarities: TaskSimilarities) -> AnalysisReport:
-    """Write every analysis file of the study and return the summary."""
+def write_report(
+    config: TransferConfig,
+    matrices: Sequence[GainMatrix],
+    similarities: TaskSimilarities,
+    run_counts: tuple[int, int] | None = None,
+) -> AnalysisReport:
+    """Write every analysis file of the study and return the summary.
+
+    ``run_counts`` (finished, planned), when given, goes into the summary.
+    """
     directory = Path(config.output_dir) / ANALYSIS_DIR
     directory.mkdir(parents=True, exist_ok=True)
     _write_similarities(directory, similarities)
@@ -95,7 +103,7 @@ def write_report(config: TransferConfig, matrices: Sequence[GainMatrix], similar
     for name, rows in tables.items():
         write_text_atomic(directory / name, _csv_text(rows))
 
-    summary = _summary(config, similarities, sections)
+    summary = _summary(config, similarities, sections, run_counts)
     write_text_atomic(directory / "summary.md", summary)
     logger.info("analysis written to %s", directory)
     return AnalysisReport(summary, directory)
@@ -263,13 +271,20 @@ def _study_section(
     return lines
 
 
-def _summary(config: TransferConfig, similarities: TaskSimilarities, sections: list[list[str]]) -> str:
+def _summary(
+    config: TransferConfig, similarities: TaskSimilarities, sections: list[list[str]], run_counts: tuple[int, int] | None
+) -> str:
     lines = [
         "# Task transfer study",
         "",
         f"Tasks: {', '.join(similarities.labels)}. Methods: {', '.join(config.methods)}. "
         f"Shots: {', '.join(str(shots) for shots in config.shots)}. Seeds: {', '.join(str(seed) for seed in config.seeds)}.",
         "",
+    ]
+    if run_counts is not None:
+        finished, planned = run_counts
+        lines += [f"Runs finished: {finished} of {planned} planned.", ""]
+    lines += [
         "The relative gain of a pair (source, target) is (T - B) / B x 100, where T is the target's test score "
         "when its prompt starts from the source task's prompt, and B its score trained alone from scratch; "
         "both are means over the seeds that finished for both. Scores are each task's own test metric.",

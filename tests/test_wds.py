@@ -38,6 +38,16 @@ def test_load_counts_labels_and_keys(kitti_repo):
     assert task.splits["test"][0].key == "test/0/s0000000"
 
 
+def test_task_named_apart_from_builtin_mnist(tmp_path):
+    spec = lookup("elevater:mnist")
+    labels = {"train": list(range(10)), "test": list(range(10))}
+    repo = write_wds_repository(tmp_path / "wds_mnist", spec.classnames, labels)
+
+    task = wds.load_wds(repo, spec)
+
+    assert task.name == "elevater:mnist"
+
+
 def test_images_have_written_pixels(kitti_repo):
     task = wds.load_wds(kitti_repo, lookup("kitti-distance"))
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from mvlpt.datasets.catalog import TaskSpec
+from mvlpt.datasets.labelmap import task_from_spec
 from mvlpt.tasks import FileImageLoader, Sample, Task, TaskError
 
 logger = logging.getLogger(__name__)
@@ -71,16 +72,7 @@ def load_hateful_memes(root: Path, spec: TaskSpec) -> Task:
     splits = {"train": _read_jsonl(folder / TRAIN_FILE), "test": _read_jsonl(test_path)}
     _check_images_exist(folder, splits)
 
-    return Task(
-        name=spec.task_name,
-        classnames=list(spec.classnames),
-        templates=list(spec.templates),
-        metric=spec.metric,
-        splits=splits,
-        image_loader=FileImageLoader(folder),
-        source=str(folder),
-        multilabel=False,
-    )
+    return task_from_spec(spec, splits, FileImageLoader(folder), str(folder))
 
 
 def _read_jsonl(path: Path) -> list[Sample]:

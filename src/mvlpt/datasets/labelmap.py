@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from mvlpt.datasets.catalog import TaskSpec
-from mvlpt.tasks import TaskError
+from mvlpt.tasks import Sample, Task, TaskError
 
 logger = logging.getLogger(__name__)
 
@@ -66,3 +66,33 @@ def match_classnames(spec: TaskSpec, data_names: Sequence[str], source: str) -> 
         ", ".join(repr(name) for name in unmatched[:MAX_EXAMPLES]),
     )
     return [name.replace("_", " ").strip() for name in data_names]
+
+
+def task_from_spec(
+    spec: TaskSpec,
+    splits: dict[str, list[Sample]],
+    image_loader: Callable,
+    source: str,
+    data_names: Sequence[str] | None = None,
+    names_source: str | None = None,
+) -> Task:
+    """Build the Task of catalog entry `spec` from splits a reader has parsed.
+
+    With `data_names`, the class names the data defines are matched against the
+    table (`match_classnames`, reporting `names_source`, default `source`);
+    without them the table's names are used as they are.
+    """
+    if data_names is None:
+        classnames = list(spec.classnames)
+    else:
+        classnames = match_classnames(spec, data_names, names_source or source)
+    return Task(
+        name=spec.task_name,
+        classnames=classnames,
+        templates=list(spec.templates),
+        metric=spec.metric,
+        splits=splits,
+        image_loader=image_loader,
+        source=source,
+        multilabel=spec.multilabel,
+    )

@@ -142,7 +142,7 @@ def load_wds(root: Path, spec: TaskSpec, index_path: Path | None = None) -> Task
         splits[split_name] = samples
 
     return Task(
-        name=spec.name,
+        name=spec.task_name,
         classnames=classnames,
         templates=list(spec.templates),
         metric=spec.metric,

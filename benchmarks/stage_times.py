@@ -1,9 +1,9 @@
 """Sum the recorded wall time of a pipeline's runs, stage by stage.
 
 Every training run writes its own wall time (`wall_time_s`) into its
-results.json. This script walks the output directory of `mvlpt pipeline`
-and adds those times up per method, shots and kind of run (source, mvlpt,
-single, group), so a report can give the cost of each stage even when the
+results.json. This script adds those times up per method, shots and kind of
+run (source, mvlpt, single, group) under the output directory of `mvlpt
+pipeline`. A report can then give the cost of each stage even when the
 pipeline was interrupted and resumed.
 
 Example (the figures in docs/benchmarks/offline.md):

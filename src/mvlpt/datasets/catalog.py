@@ -229,7 +229,7 @@ def lookup(name: str) -> TaskSpec:
 
 
 def all_specs() -> list[TaskSpec]:
-    """Every catalog task: the ELEVATER tasks, then the CoOp datasets."""
+    """Return every catalog task: the ELEVATER tasks, then the CoOp datasets."""
     tables = _catalog()
     return [*tables["elevater"].values(), *tables["coop"].values()]
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from mvlpt.datasets.catalog import TaskSpec
-from mvlpt.datasets.labelmap import task_from_spec
+from mvlpt.datasets.labelmap import match_classnames, task_from_spec
 from mvlpt.tasks import IMAGE_EXTENSIONS, FileImageLoader, Sample, Task, TaskError
 
 logger = logging.getLogger(__name__)
@@ -219,7 +219,8 @@ def load_coop(root: Path, spec: TaskSpec) -> Task:
     else:
         data_names, splits = _read_split_file(folder, layout)
 
-    return task_from_spec(spec, splits, FileImageLoader(folder), str(folder), data_names)
+    classnames = match_classnames(spec, data_names, str(folder))
+    return task_from_spec(spec, splits, FileImageLoader(folder), str(folder), classnames)
 
 
 def _read_split_file(folder: Path, layout: CoopLayout) -> tuple[list[str], dict[str, list[Sample]]]:

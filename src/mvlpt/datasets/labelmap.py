@@ -73,22 +73,16 @@ def task_from_spec(
     splits: dict[str, list[Sample]],
     image_loader: Callable,
     source: str,
-    data_names: Sequence[str] | None = None,
-    names_source: str | None = None,
+    classnames: Sequence[str] | None = None,
 ) -> Task:
-    """Build the Task of catalog entry `spec` from splits a reader has parsed.
+    """Build the Task of catalog entry `spec` from the splits a reader has parsed.
 
-    With `data_names`, the class names the data defines are matched against the
-    table (`match_classnames`, reporting `names_source`, default `source`);
-    without them the table's names are used as they are.
+    `classnames` are the data's names after `match_classnames`; without them
+    the table's names are used.
     """
-    if data_names is None:
-        classnames = list(spec.classnames)
-    else:
-        classnames = match_classnames(spec, data_names, names_source or source)
     return Task(
         name=spec.task_name,
-        classnames=classnames,
+        classnames=list(spec.classnames if classnames is None else classnames),
         templates=list(spec.templates),
         metric=spec.metric,
         splits=splits,

@@ -66,7 +66,7 @@ class PreparedTask:
 
 
 def prepared_folder(spec: TaskSpec, root: Path | None = None) -> Path:
-    """Return the folder that holds the marker, and any downloaded data, of catalog task `spec`."""
+    """Return the folder that contains the marker, and any downloaded data, of catalog task `spec`."""
     base = data_root() if root is None else Path(root).expanduser()
     return base / BENCHMARKS_DIR / spec.suite / spec.name
 

@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from mvlpt.datasets.catalog import TaskSpec
-from mvlpt.datasets.labelmap import task_from_spec
+from mvlpt.datasets.labelmap import match_classnames, task_from_spec
 from mvlpt.tasks import ImageLoadError, Sample, Task, TaskError, open_image_file
 
 logger = logging.getLogger(__name__)
@@ -273,7 +273,8 @@ def load_vision_datasets(root: Path, spec: TaskSpec) -> Task:
     _check_images_exist(folder, splits)
     _warn_on_overlap(folder, splits)
     source = str(folder / layout.labelmap) if layout.labelmap else f"the categories in {folder}"
-    return task_from_spec(spec, splits, VisionDatasetsImageLoader(folder), str(folder), data_names, source)
+    classnames = match_classnames(spec, data_names, source)
+    return task_from_spec(spec, splits, VisionDatasetsImageLoader(folder), str(folder), classnames)
 
 
 def _index_path(folder: Path, layout: VisionDatasetsLayout, split_name: str) -> Path | None:

@@ -3,9 +3,9 @@
 Layout of a local copy:
 
     classnames.txt                          one class name per line, in label order
-    zeroshot_classification_templates.txt   optional; mvlpt uses the catalog's templates
-    dataset_type.txt                        optional; "multilabel" for multi-hot labels
-    train/*.tar, test/*.tar                 shards; train/nshards.txt gives their count
+    zeroshot_classification_templates.txt   optional, unused: mvlpt uses the catalog's templates
+    dataset_type.txt                        optional: "multilabel" for multi-hot labels
+    train/*.tar, test/*.tar                 shards; an optional nshards.txt in each split gives their count
 
 Each shard is a plain tar file whose members are grouped by key, the member
 name up to the first dot of its base name: "s0000001.webp" and
@@ -32,7 +32,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from mvlpt.datasets.catalog import TaskSpec
-from mvlpt.datasets.labelmap import match_classnames
+from mvlpt.datasets.labelmap import match_classnames, task_from_spec
 from mvlpt.rundir import write_json_atomic
 from mvlpt.tasks import IMAGE_EXTENSIONS, ImageLoadError, Sample, Task, TaskError, open_image_file
 
@@ -141,16 +141,7 @@ def load_wds(root: Path, spec: TaskSpec, index_path: Path | None = None) -> Task
             samples.append(Sample(key, labels[0], tuple(labels[1:])))
         splits[split_name] = samples
 
-    return Task(
-        name=spec.task_name,
-        classnames=classnames,
-        templates=list(spec.templates),
-        metric=spec.metric,
-        splits=splits,
-        image_loader=WdsImageLoader(root, locations),
-        source=str(root),
-        multilabel=spec.multilabel,
-    )
+    return task_from_spec(spec, splits, WdsImageLoader(root, locations), str(root), classnames)
 
 
 def _read_text(path: Path, spec: TaskSpec) -> str:
